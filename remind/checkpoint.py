@@ -1,0 +1,73 @@
+"""Checkpoint I/O: atomic writes, pickle-free loads, clear errors on damage."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, corrupt or of the wrong kind."""
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``.
+
+    A crash mid-write leaves the previous file (if any) untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def safe_load(path: str | os.PathLike, what: str = "checkpoint", map_location="cpu"):
+    """``torch.load(weights_only=True)`` that turns every failure into one clear CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}; check the path")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, random bytes, pickled objects...
+        raise CheckpointError(
+            f"{what} {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "it is truncated, corrupt or not a weights-only PyTorch file: delete it and re-create it") from None
+
+
+def save_state(path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write tensors plus JSON-serialisable metadata as one weights-only file."""
+    atomic_torch_save({"tensors": tensors, "meta_json": json.dumps(meta)}, path)
+
+
+def load_state(path, what: str = "checkpoint") -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a file written by :func:`save_state`."""
+    obj = safe_load(path, what)
+    if not isinstance(obj, dict) or "tensors" not in obj or "meta_json" not in obj:
+        raise CheckpointError(f"{what} {path} is not a REMIND state file (written by a different program?)")
+    return obj["tensors"], json.loads(obj["meta_json"])
+
+
+def rng_state_to_json(rng) -> str:
+    """A numpy Generator's bit-generator state as a JSON string."""
+    return json.dumps(rng.bit_generator.state)
+
+
+def rng_from_json(text: str):
+    import numpy as np
+
+    state = json.loads(text)
+    rng = np.random.Generator(getattr(np.random, state["bit_generator"])())
+    rng.bit_generator.state = state
+    return rng
