@@ -1,0 +1,157 @@
+"""ImageNet-style data: an ImageFolder tree plus label files that give each image its
+position in the class order.
+
+Layout::
+
+    IMAGES_DIR/train/<class folder>/<image>   IMAGES_DIR/val/<class folder>/<image>
+    LABEL_DIR/imagenet_indices/imagenet_train_labels.npy   (one int per train image,
+    LABEL_DIR/imagenet_indices/imagenet_val_labels.npy      in ImageFolder's sorted order)
+
+The labels used for training and testing are the label-file values (positions
+in the class-order file), never ImageFolder's alphabetical targets.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.datasets as datasets
+import torchvision.transforms as transforms
+from torch.utils.data import DataLoader, Dataset
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataError(ValueError):
+    """Input data that cannot be used as given."""
+
+
+def eval_transform(image_size: int = 224):
+    """Resize the short side to ``image_size * 256 / 224``, centre-crop ``image_size``, normalise."""
+    return transforms.Compose([
+        transforms.Resize(int(round(image_size * 256 / 224))),
+        transforms.CenterCrop(image_size),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def train_transform(image_size: int = 224, crop_scale_min: float = 0.08, hflip: bool = True):
+    """Base-init training augmentation: random resized crop (and flip), normalise."""
+    steps = [transforms.RandomResizedCrop(image_size, scale=(crop_scale_min, 1.0))]
+    if hflip:
+        steps.append(transforms.RandomHorizontalFlip())
+    steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return transforms.Compose(steps)
+
+
+def label_file(label_dir: str, split: str, dataset_name: str = "imagenet") -> Path:
+    """Path of a split's label file; accepts ``LABEL_DIR/<name>_indices/`` or the folder itself."""
+    name = f"{dataset_name}_{split}_labels.npy"
+    for candidate in (Path(label_dir) / f"{dataset_name}_indices" / name, Path(label_dir) / name):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"label file {name} not found under {label_dir} (nor in its {dataset_name}_indices/); "
+                    "create it with make_numpy_imagenet_label_files.py")
+
+
+@functools.lru_cache(maxsize=8)
+def _scan_folder(folder: str) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
+    path = Path(folder)
+    if not path.is_dir():
+        raise DataError(f"image folder {folder} does not exist; pass --images_dir pointing at a folder "
+                        "with train/ and val/ class sub-folders")
+    try:
+        folder_set = datasets.ImageFolder(folder)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DataError(f"image folder {folder} holds no images in class sub-folders ({exc}); "
+                        "put each class's images in IMAGE_DIR/<split>/<class name>/") from None
+    return tuple((p, t) for p, t in folder_set.samples), tuple(folder_set.classes)
+
+
+def load_labels(images_dir: str, label_dir: str, split: str, dataset_name: str = "imagenet") -> np.ndarray:
+    """Label array of a split, checked against the number of images in the folder."""
+    samples, _ = _scan_folder(os.path.join(images_dir, split))
+    path = label_file(label_dir, split, dataset_name)
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise DataError(f"label file {path} cannot be read ({exc}); re-create it with "
+                        "make_numpy_imagenet_label_files.py") from None
+    labels = labels.reshape(-1)
+    if len(labels) != len(samples) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"label file {path} has {len(labels)} labels but {os.path.join(images_dir, split)} "
+                        f"has {len(samples)} images; re-create the label files with "
+                        "make_numpy_imagenet_label_files.py for this folder")
+    return labels.astype(np.int64)
+
+
+def check_class_range(labels: np.ndarray, min_class: int, max_class: int, what: str) -> None:
+    """Raise if ``[min_class, max_class)`` is empty or reaches past the labelled classes."""
+    num_labelled = int(labels.max()) + 1 if len(labels) else 0
+    if not 0 <= min_class < max_class:
+        raise DataError(f"{what}: class range [{min_class}, {max_class}) is empty or negative; "
+                        "check --min_class/--base_init_classes/--streaming_*_class")
+    if max_class > num_labelled:
+        raise DataError(f"{what}: class range [{min_class}, {max_class}) goes past the {num_labelled} "
+                        f"classes in the label files; lower --streaming_max_class/--num_classes to "
+                        f"{num_labelled} or fewer")
+
+
+class LabelledImageFolder(Dataset):
+    """Images of one split restricted to some indices; yields ``(image, label, index)``.
+
+    ``index`` is the image's position in the whole split (the example id).
+    """
+
+    def __init__(self, folder: str, labels: np.ndarray, indices: np.ndarray, transform):
+        self.samples, _ = _scan_folder(folder)
+        self.labels = labels
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.transform = transform
+        self.loader = datasets.folder.default_loader
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int):
+        index = int(self.indices[position])
+        image = self.transform(self.loader(self.samples[index][0]))
+        return image, int(self.labels[index]), index
+
+
+def class_indices(labels: np.ndarray, min_class: int, max_class: int) -> np.ndarray:
+    """Indices of examples with label in ``[min_class, max_class)``, in file order."""
+    return np.nonzero((labels >= min_class) & (labels < max_class))[0]
+
+
+def get_data_loader(images_dir: str, label_dir: str, split: str, min_class: int, max_class: int,
+                    batch_size: int = 128, image_size: int = 224, num_workers: int = 4,
+                    shuffle: bool = False, transform=None, seed: int = 0,
+                    dataset_name: str = "imagenet") -> DataLoader:
+    """Loader over the examples of classes ``[min_class, max_class)`` of a split.
+
+    Unshuffled loaders keep file order (as the original streams). Batches are
+    ``(images (B, 3, S, S) float32, labels (B,) int64, ids (B,) int64)``.
+    """
+    labels = load_labels(images_dir, label_dir, split, dataset_name)
+    check_class_range(labels, min_class, max_class, f"{split} split")
+    indices = class_indices(labels, min_class, max_class)
+    dataset = LabelledImageFolder(os.path.join(images_dir, split), labels, indices,
+                                  transform if transform is not None else eval_transform(image_size))
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      generator=generator, persistent_workers=False)
+
+
+def examples_per_class(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Number of training examples of each class (``(num_classes,)`` int64)."""
+    return np.bincount(labels, minlength=num_classes)[:num_classes]
+
+
+def default_num_workers() -> int:
+    return min(8, os.cpu_count() or 1)
