@@ -206,7 +206,7 @@ def load_network_state(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     return state, extras
 
 
-def _copy_matching(target: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
+def copy_matching_state(target: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
     """Copy ``state`` into ``target``, every parameter and buffer by its own name, or raise."""
     own = target.state_dict()
     missing = [k for k in own if k not in state]
@@ -226,7 +226,7 @@ def _copy_matching(target: nn.Module, state: dict[str, torch.Tensor], source: st
 def load_plastic_weights(plastic: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
     """Give F the checkpoint's own tensors: F's ``model.layer4.1.conv1.weight`` is the checkpoint's
     ``model.layer4.1.conv1.weight``, and so on for every kept block and ``fc``."""
-    _copy_matching(plastic, state, source, arch)
+    copy_matching_state(plastic, state, source, arch)
 
 
 def build_trunk(arch: str, ckpt_path: str | None, split_layer: str, num_classes: int | None) -> FeatureTrunk:
@@ -237,7 +237,7 @@ def build_trunk(arch: str, ckpt_path: str | None, split_layer: str, num_classes:
         if "arch" in extras and extras["arch"] != arch:
             raise CheckpointError(f"checkpoint {ckpt_path} was trained as {extras['arch']}, not {arch}; "
                                   f"pass --base_arch {extras['arch']} or another checkpoint")
-        _copy_matching(network, state, ckpt_path, arch)
+        copy_matching_state(network, state, ckpt_path, arch)
     return FeatureTrunk(network, split_layer)
 
 

@@ -186,6 +186,9 @@ class ReplayBuffer:
         if tuple(codes.shape[1:]) != self.code_shape:
             raise ValueError(f"buffer codes have shape {tuple(codes.shape[1:])} but this model uses "
                              f"{self.code_shape}; resume with the same --num_codebooks and image size")
+        if self.max_size is not None and len(codes) > self.max_size:
+            raise ValueError(f"the saved buffer holds {len(codes)} examples but --max_buffer_size is "
+                             f"{self.max_size}; resume with --max_buffer_size {len(codes)} or more")
         counts = state["class_counts"].numpy().astype(np.int64)
         if len(counts) != self.num_classes:
             raise ValueError(f"buffer was saved with {len(counts)} classes, this run has --num_classes "

@@ -26,6 +26,9 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -41,8 +44,10 @@ def safe_load(path: str | os.PathLike, what: str = "checkpoint", map_location="c
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, random bytes, pickled objects...
+        # torch's message may suggest weights_only=False; we never load with pickle, so keep its first line.
+        first_line = (str(exc).splitlines() or [""])[0][:200]
         raise CheckpointError(
-            f"{what} {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            f"{what} {path} cannot be read ({type(exc).__name__}: {first_line}); "
             "it is truncated, corrupt or not a weights-only PyTorch file: delete it and re-create it") from None
 
 
@@ -60,8 +65,12 @@ def load_state(path, what: str = "checkpoint") -> tuple[dict[str, torch.Tensor],
 
 
 def rng_state_to_json(rng) -> str:
-    """A numpy Generator's bit-generator state as a JSON string."""
-    return json.dumps(rng.bit_generator.state)
+    """A numpy Generator's bit-generator state as a JSON string (PCG64 family, as ``default_rng``)."""
+    state = rng.bit_generator.state
+    if state["bit_generator"] not in ("PCG64", "PCG64DXSM"):
+        raise ValueError(f"only PCG64 generators are checkpointed (got {state['bit_generator']}); "
+                         "create the run's generator with numpy.random.default_rng(seed)")
+    return json.dumps(state)
 
 
 def rng_from_json(text: str):

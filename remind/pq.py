@@ -117,8 +117,14 @@ class PQCodec:
             pq = faiss.ProductQuantizer(self.num_channels, self.num_codebooks, int(math.log2(self.codebook_size)))
             faiss.copy_array_to_vector(self.centroids.cpu().numpy().ravel(), pq.centroids)
             self._faiss_pq = pq
-        codes = self._faiss_pq.compute_codes(np.ascontiguousarray(vectors, dtype=np.float32))
-        return codes.reshape(len(vectors), self.num_codebooks)
+        packed = self._faiss_pq.compute_codes(np.ascontiguousarray(vectors, dtype=np.float32))
+        nbits = int(math.log2(self.codebook_size))
+        if nbits == 8:
+            return packed.reshape(len(vectors), self.num_codebooks)
+        # faiss packs codes of fewer than 8 bits back to back, least significant bit first.
+        bits = np.unpackbits(packed, axis=1, bitorder="little")[:, :self.num_codebooks * nbits]
+        weights = (1 << np.arange(nbits)).astype(np.uint8)
+        return (bits.reshape(len(vectors), self.num_codebooks, nbits) * weights).sum(-1).astype(np.uint8)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Reconstruct vectors by table lookup: ``(N, M)`` uint8 -> ``(N, C)`` float32."""

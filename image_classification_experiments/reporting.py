@@ -1,0 +1,52 @@
+"""Tables and plots of accuracy against classes seen."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def classes_seen(args, accuracies: dict) -> list[int]:
+    """Number of classes seen at each evaluation of ``accuracies['seen_classes_top1']``."""
+    points = [args.base_init_classes]
+    while len(points) < len(accuracies["seen_classes_top1"]):
+        points.append(min(points[-1] + args.class_increment, args.streaming_max_class))
+    return points
+
+
+def format_table(runs: dict[str, dict], classes: list[int], metrics=("seen_classes_top1", "seen_classes_top5")) -> str:
+    """Markdown table: one row per evaluation, one column per (run, metric)."""
+    header = ["classes"] + [f"{name} {metric.replace('_classes', '').replace('_', ' ')}"
+                            for name in runs for metric in metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row, count in enumerate(classes):
+        cells = [str(count)]
+        for accuracies in runs.values():
+            for metric in metrics:
+                values = accuracies.get(metric, [])
+                cells.append(f"{values[row]:.2f}" if row < len(values) else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_accuracies(runs: dict[str, dict], classes: list[int], path: str | Path,
+                    metrics=("seen_classes_top1", "seen_classes_top5")) -> None:
+    """PNG of seen-class accuracy against classes seen, one line per run and metric."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+    for axis, metric in zip(axes[0], metrics):
+        for name, accuracies in runs.items():
+            values = accuracies.get(metric, [])
+            axis.plot(classes[:len(values)], values, marker="o", label=name)
+        axis.set_xlabel("classes seen")
+        axis.set_ylabel(f"{metric.replace('_', ' ')} (%)")
+        axis.set_ylim(0, 100)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    fig.tight_layout()
+    tmp = Path(path).with_name(f".{Path(path).stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
