@@ -1,0 +1,26 @@
+# Quick start: `make demo` and `make test`. Both create .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: demo test figure clean-results
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --upgrade pip >/dev/null
+	$(VENV)/bin/python -m pip install -r requirements.txt
+	$(VENV)/bin/python -m pip install --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/python -m image_classification_experiments.digits_demo --out results/demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q tests
+
+figure: $(STAMP)
+	$(VENV)/bin/python repo_images/draw_pipeline.py
+
+clean-results:
+	rm -rf results/demo data/digits
