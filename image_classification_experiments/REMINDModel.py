@@ -242,7 +242,11 @@ class REMINDModel:
     def resume(self, inc: int, resume_full_path: str) -> dict:
         """Load the state saved by :meth:`save` for increment ``inc``; returns its metadata."""
         folder = Path(resume_full_path)
-        tensors, meta = load_state(folder / f"remind_buffer_{inc}.pth", "REMIND buffer checkpoint")
+        try:
+            tensors, meta = load_state(folder / f"remind_buffer_{inc}.pth", "REMIND buffer checkpoint")
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc} (deleting remind_buffer_{inc}.pth makes a rerun resume from the "
+                                  "increment before)") from None
         differing = {k: (meta["settings"].get(k), v) for k, v in self.settings.items()
                      if meta["settings"].get(k) != v}
         if differing:

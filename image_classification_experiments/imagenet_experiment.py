@@ -145,6 +145,7 @@ def check_feature_shape(args, remind: REMINDModel) -> None:
     """G's output on one blank image must match --num_channels (and --spatial_feat_dim if given)."""
     maps = remind._features(torch.zeros(1, 3, args.image_size, args.image_size))
     side = maps.shape[-1]
+    args.feature_shape = tuple(maps.shape[-2:])
     if args.spatial_feat_dim is not None and args.spatial_feat_dim != side:
         raise DataError(f"G gives {side}x{side} feature maps at --image_size {args.image_size}, not "
                         f"--spatial_feat_dim {args.spatial_feat_dim}; drop the flag or fix --image_size")
@@ -195,15 +196,26 @@ def build_model(args) -> REMINDModel:
         max_buffer_size=args.max_buffer_size, device=args.device, seed=args.seed, pq_backend=args.pq_backend)
 
 
+def resume(args, remind: REMINDModel, inc: int, folder: str) -> dict:
+    """Load increment ``inc`` from ``folder``, checking its codes fit G's maps at this --image_size."""
+    meta = remind.resume(inc, folder)
+    saved = tuple(remind.replay_buffer.code_shape[:2])
+    if saved != args.feature_shape:
+        raise CheckpointError(f"{folder} holds codes of {saved[0]}x{saved[1]} feature maps but G gives "
+                              f"{args.feature_shape[0]}x{args.feature_shape[1]} at --image_size "
+                              f"{args.image_size}; use the run's --image_size or another --save_dir")
+    return meta
+
+
 def start_or_resume(args, remind: REMINDModel, model_dir: Path) -> tuple[int, dict]:
     """Returns (classes trained so far, accuracies so far) after base init or a resume."""
     if args.resume_full_path is not None:
-        meta = remind.resume(args.streaming_min_class, args.resume_full_path)
+        meta = resume(args, remind, args.streaming_min_class, args.resume_full_path)
         return args.streaming_min_class, meta.get("accuracies", {k: [] for k in ACCURACY_KEYS})
     done = latest_checkpoint(model_dir, [args.base_init_classes] + increments(args))
     if done is not None:
         print(f"resuming from {model_dir}/remind_buffer_{done}.pth")
-        meta = remind.resume(done, str(model_dir))
+        meta = resume(args, remind, done, str(model_dir))
         return done, meta["accuracies"]
     print("base initialisation: training the PQ and filling the buffer")
     remind.fit_pq(loader(args, "train", args.min_class, args.base_init_classes))

@@ -46,6 +46,8 @@ def safe_load(path: str | os.PathLike, what: str = "checkpoint", map_location="c
     except Exception as exc:  # truncated zip, random bytes, pickled objects...
         # torch's message may suggest weights_only=False; we never load with pickle, so keep its first line.
         first_line = (str(exc).splitlines() or [""])[0][:200]
+        if first_line.startswith("Weights only load failed"):
+            first_line = "not a weights-only PyTorch file"
         raise CheckpointError(
             f"{what} {path} cannot be read ({type(exc).__name__}: {first_line}); "
             "it is truncated, corrupt or not a weights-only PyTorch file: delete it and re-create it") from None
