@@ -62,8 +62,9 @@ class REMINDModel:
         self.classifier_G = build_trunk(classifier_G, classifier_ckpt, extract_features_from,
                                         num_classes).to(self.device)
         self.classifier_F = build_plastic(classifier_F, classifier_ckpt, num_classes).to(self.device)
+        # Fused SGD: same update, about half the time of the default on this CPU.
         self.optimizer = torch.optim.SGD(self.classifier_F.parameters(), lr=start_lr, momentum=0.9,
-                                         weight_decay=weight_decay)
+                                         weight_decay=weight_decay, fused=True)
         self.criterion = nn.CrossEntropyLoss(reduction="none")
 
         self.lr_mode, self.start_lr = lr_mode, start_lr
@@ -156,7 +157,7 @@ class REMINDModel:
         replay_codes, replay_labels = self.replay_buffer.gather(slots)
         codes = torch.cat([new_codes.unsqueeze(0).to(self.device), replay_codes])
         labels = torch.cat([torch.tensor([label], device=self.device), replay_labels])
-        maps = self.pq.decode_maps(codes)
+        maps = self.pq.decode_maps(codes, contiguous=not self.use_random_resize_crops)
         if self.use_random_resize_crops:
             maps = random_resized_crop(maps, self.rng)
         if self.use_mixup and len(slots) >= 2:

@@ -84,14 +84,20 @@ def resized_crop_matrices(boxes: np.ndarray, height: int, width: int) -> tuple[n
 
 
 def apply_resized_crops(maps: torch.Tensor, boxes: np.ndarray) -> torch.Tensor:
-    """Crop each map of ``maps: (n, C, H, W)`` to its box and resize back to ``(H, W)``."""
-    n, _, height, width = maps.shape
+    """Crop each map of ``maps: (n, C, H, W)`` to its box and resize back to ``(H, W)``.
+
+    Each crop-and-resize is one ``(H*W, H*W)`` matrix (the Kronecker product of
+    its row and column interpolation matrices), so the batch is a single
+    ``bmm``. ``maps`` may be a channels-last view (as ``PQCodec.decode_maps``
+    returns with ``contiguous=False``); the result is contiguous NCHW.
+    """
+    n, channels, height, width = maps.shape
     rows, cols = resized_crop_matrices(boxes, height, width)
-    rows = torch.from_numpy(rows).to(maps.device, maps.dtype)
-    cols = torch.from_numpy(cols).to(maps.device, maps.dtype)
-    # out[n, c] = rows[n] @ maps[n, c] @ cols[n]^T
-    out = torch.matmul(maps, cols.transpose(1, 2).unsqueeze(1))
-    return torch.matmul(rows.unsqueeze(1), out)
+    # kron[n, (y, x), (h, w)] = rows[n, y, h] * cols[n, x, w]
+    kron = np.einsum("nyh,nxw->nyxhw", rows, cols).reshape(n, height * width, height * width)
+    kron = torch.from_numpy(kron).to(maps.device, maps.dtype)
+    out = torch.bmm(maps.reshape(n, channels, height * width), kron.transpose(1, 2))
+    return out.reshape(n, channels, height, width)
 
 
 def random_resized_crop(maps: torch.Tensor, rng: np.random.Generator,

@@ -119,7 +119,8 @@ class ReplayBuffer:
             the evicted example's id, or None.
         """
         label = int(label)
-        self._check_labels(np.array([label]))
+        if not 0 <= label < self.num_classes:
+            self._check_labels(np.array([label]))  # raises with the message
         evicted = None
         if self.max_size is not None and self.size >= self.max_size:
             largest = int(np.argmax(self.class_counts))

@@ -1,0 +1,1 @@
+"""Benchmarks and the original-structure reference replay loop (not part of the installed package)."""

@@ -1,0 +1,578 @@
+#!/usr/bin/env python
+"""Streaming-cost benchmark: REMINDModel's fast path against the original-structure reference loop.
+
+Synthetic inputs of the real shapes (224 px images -> G up to layer4.0 -> 512x7x7
+maps, PQ with 32 codebooks x 256 codes, 50 replays, mixup alpha 0.1, crops on,
+1000 classes). Measures:
+
+1. time per streamed example, split into G forward, encode, sampling+decoding,
+   augmentation, F forward/backward, optimizer and buffer update, for our path and
+   for benchmarks/reference_loop.py, interleaved in one run; plus end-to-end time per
+   example through ``REMINDModel.fit_incremental_batch`` and the reference's loop;
+2. buffer bytes per example at 100k and 1M entries (``ReplayBuffer.nbytes()``)
+   against the 1,568 bytes of raw codes;
+3. eviction cost per insert into a full buffer of 10k, 100k and 1M entries, ours
+   against the reference's dict/list buffer;
+4. checkpoint save + load of a 959,665-entry buffer through ``REMINDModel.save`` /
+   ``REMINDModel.resume`` (``save_state`` of ``ReplayBuffer.state_dict``, then
+   ``load_state`` + ``load_state_dict``);
+5. PQ encode of 49 vectors (one 7x7 map) and of 6,272 (a batch of 128 maps):
+   faiss and torch.
+
+Timings: ``time.perf_counter``, warm-up first, medians; CUDA is synchronised at
+every boundary. ``OMP_WAIT_POLICY`` defaults to PASSIVE, as in the project's run
+scripts (see DESIGN.md, Performance notes).
+
+Usage: ``python benchmarks/bench_stream.py [--device cpu|cuda] [--full] [--json out.json]``
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch / faiss start their OpenMP pools
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.reference_loop import ReferenceBuffer, ReferenceREMIND  # noqa: E402
+from image_classification_experiments.REMINDModel import REMINDModel  # noqa: E402
+from image_classification_experiments.resnet_models import ResNet18ClassifyAfterLayer4_1  # noqa: E402
+from remind.augment import mixup, random_resized_crop, sample_mixup_lambda  # noqa: E402
+from remind.buffer import ReplayBuffer  # noqa: E402
+from remind.pq import PQCodec  # noqa: E402
+
+NUM_CLASSES = 1000
+NUM_CODEBOOKS, CODEBOOK_SIZE, CHANNELS, SIDE = 32, 256, 512, 7
+CODE_SHAPE = (SIDE, SIDE, NUM_CODEBOOKS)
+RAW_BYTES = SIDE * SIDE * NUM_CODEBOOKS  # 1,568 bytes of codes per example
+IMAGENET_BUFFER = 959_665
+PHASES = ("g_forward", "encode", "sample_decode", "augment", "f_forward_backward", "optimizer", "buffer_update")
+PER_BATCH_PHASES = ("g_forward", "encode")
+
+
+# --------------------------------------------------------------------------- timing
+class PhaseTimer:
+    """Accumulates the time between consecutive ``mark`` calls under each phase's name."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.times: dict[str, list[float]] = defaultdict(list)
+        self._last = None
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def start(self) -> None:
+        self.sync()
+        self._last = time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        self.sync()
+        now = time.perf_counter()
+        self.times[phase].append(now - self._last)
+        self._last = now
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn, repeats: int, device: torch.device, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def fmt_ms(seconds: float) -> str:
+    return f"{seconds * 1e3:9.2f}"
+
+
+# ------------------------------------------------------------ our step, instrumented
+def timed_fast_replay_step(model: REMINDModel, new_codes: torch.Tensor, label: int, timer: PhaseTimer) -> None:
+    """``REMINDModel.replay_step`` + ``_sgd_step``, the same calls in the same order, with phase marks."""
+    slots = model._draw_replay_slots()
+    replay_codes, replay_labels = model.replay_buffer.gather(slots)
+    codes = torch.cat([new_codes.unsqueeze(0).to(model.device), replay_codes])
+    labels = torch.cat([torch.tensor([label], device=model.device), replay_labels])
+    maps = model.pq.decode_maps(codes)
+    timer.mark("sample_decode")
+    if model.use_random_resize_crops:
+        maps = random_resized_crop(maps, model.rng)
+    if model.use_mixup and len(slots) >= 2:
+        half = len(slots) // 2
+        lam = sample_mixup_lambda(model.rng, model.mixup_alpha)
+        inputs = torch.cat([maps[:1], mixup(maps[1:1 + half], maps[1 + half:], lam)])
+        labels_a, labels_b = labels[:1 + half], torch.cat([labels[:1], labels[1 + half:]])
+    else:
+        lam, inputs, labels_a, labels_b = 1.0, maps, labels, labels
+    timer.mark("augment")
+    lr = model.current_lr(label)
+    for group in model.optimizer.param_groups:
+        group["lr"] = lr
+    output = model.classifier_F(inputs)
+    loss = model.criterion(output, labels_a)
+    if lam != 1.0:
+        loss = lam * loss + (1.0 - lam) * model.criterion(output, labels_b)
+    loss = loss.mean()
+    model.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    timer.mark("f_forward_backward")
+    if model.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.classifier_F.parameters(), model.grad_clip)
+    model.optimizer.step()
+    model.class_steps[label] += 1
+    timer.mark("optimizer")
+    return loss.detach()
+
+
+def check_instrumented_copy(model: REMINDModel, new_codes: torch.Tensor, label: int) -> None:
+    """The instrumented step must compute what ``REMINDModel.replay_step`` computes (guards against drift)."""
+    plain, timed = copy.deepcopy(model), copy.deepcopy(model)
+    loss_plain = float(plain.replay_step(new_codes, label))
+    timer = PhaseTimer(model.device)
+    timer.start()
+    loss_timed = float(timed_fast_replay_step(timed, new_codes, label, timer))
+    same = np.isclose(loss_plain, loss_timed, rtol=1e-6) and all(
+        torch.allclose(a, b, rtol=0, atol=1e-7)
+        for a, b in zip(plain.classifier_F.parameters(), timed.classifier_F.parameters()))
+    if not same:
+        raise RuntimeError("benchmarks/bench_stream.py: timed_fast_replay_step no longer matches "
+                           "REMINDModel.replay_step; update the instrumented copy")
+
+
+def timed_fast_batch(model: REMINDModel, batch, timer: PhaseTimer) -> None:
+    """``REMINDModel.fit_incremental_batch`` on one batch, with phase marks."""
+    images, labels, ids = batch
+    timer.start()
+    maps = model._features(images)
+    timer.mark("g_forward")
+    batch_codes = model.pq.encode_maps(maps, model.pq_backend)
+    timer.mark("encode")
+    for codes, label, example_id in zip(batch_codes, labels.tolist(), ids.tolist()):
+        timed_fast_replay_step(model, codes, label, timer)
+        model.replay_buffer.insert(codes, label, example_id, model.rng)
+        timer.mark("buffer_update")
+
+
+class OneBatch:
+    """What ``fit_incremental_batch`` needs from a loader: iteration and ``.dataset`` for its length."""
+
+    def __init__(self, batch):
+        self.batch = batch
+        self.dataset = batch[0]
+
+    def __iter__(self):
+        return iter([self.batch])
+
+
+# ------------------------------------------------------------------ set-up helpers
+def random_centroids(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(NUM_CODEBOOKS, CODEBOOK_SIZE, CHANNELS // NUM_CODEBOOKS)) \
+        .astype(np.float32)
+
+
+def fill_buffer(buffer: ReplayBuffer, count: int, seed: int, chunk: int = 250_000) -> None:
+    """``count`` examples of random uint8 codes and labels uniform over the classes, via add_batch in chunks."""
+    gen = torch.Generator().manual_seed(seed)
+    labels_rng = np.random.default_rng(seed)
+    for start in range(0, count, chunk):
+        n = min(chunk, count - start)
+        codes = torch.randint(0, 256, (n, *buffer.code_shape), dtype=torch.uint8, generator=gen)
+        buffer.add_batch(codes, labels_rng.integers(0, buffer.num_classes, n), np.arange(start, start + n))
+
+
+def stream_batch(rng: np.random.Generator, batch_size: int, first_id: int):
+    images = torch.from_numpy(rng.standard_normal((batch_size, 3, 224, 224), dtype=np.float32))
+    labels = torch.from_numpy(rng.integers(100, NUM_CLASSES, batch_size))
+    ids = torch.arange(first_id, first_id + batch_size)
+    return images, labels, ids
+
+
+# ------------------------------------------------------------------------ sections
+def bench_encode(device: torch.device, seed: int) -> dict:
+    codec = PQCodec(random_centroids(seed), device=device)
+    out = {}
+    rng = np.random.default_rng(seed)
+    for count, repeats in ((49, 200), (6272, 10)):
+        vectors = rng.standard_normal((count, CHANNELS), dtype=np.float32)
+        on_device = torch.from_numpy(vectors).to(device)
+        same = np.array_equal(codec.encode(on_device).cpu().numpy(), codec.encode_faiss(vectors))
+        out[str(count)] = {
+            "torch_ms": median_time(lambda: codec.encode(on_device), repeats, device) * 1e3,
+            "faiss_ms": median_time(lambda: codec.encode_faiss(vectors), repeats, device) * 1e3,
+            "codes_identical": bool(same),
+        }
+    print("\n== PQ encode: faiss (host) vs torch (on %s), median ms" % device)
+    print(f"{'vectors':>8} {'faiss':>9} {'torch':>9}  identical codes")
+    for count, row in out.items():
+        print(f"{count:>8} {row['faiss_ms']:9.3f} {row['torch_ms']:9.3f}  {row['codes_identical']}")
+    return out
+
+
+def bench_stream(args, device: torch.device, workdir: Path) -> dict:
+    seed = args.seed
+    torch.manual_seed(seed)
+    network = ResNet18ClassifyAfterLayer4_1(num_classes=NUM_CLASSES)
+    ckpt = workdir / "base_init_random.pth"
+    torch.save({"state_dict": network.state_dict()}, ckpt)
+    model = REMINDModel(NUM_CLASSES, classifier_ckpt=str(ckpt), num_samples=50, use_mixup=True, mixup_alpha=0.1,
+                        use_random_resize_crops=True, max_buffer_size=args.stream_buffer, device=str(device),
+                        seed=seed)
+    centroids = random_centroids(seed)
+    model.pq = PQCodec(centroids, device=device)
+    # check the instrumented copy of the step on a small buffer (the check deep-copies the model)
+    model.replay_buffer = model._new_buffer(CODE_SHAPE)
+    fill_buffer(model.replay_buffer, 300, seed)
+    images = torch.from_numpy(np.random.default_rng(seed).standard_normal((1, 3, 224, 224), dtype=np.float32))
+    check_instrumented_copy(model, model.pq.encode_maps(model._features(images))[0], 100)
+    model.replay_buffer = model._new_buffer(CODE_SHAPE)
+    fill_buffer(model.replay_buffer, args.stream_buffer, seed)
+    buf = model.replay_buffer
+    reference = ReferenceREMIND(network, copy.deepcopy(model.classifier_F), centroids, NUM_CLASSES, num_samples=50,
+                                use_mixup=True, mixup_alpha=0.1, use_random_resize_crops=True,
+                                max_buffer_size=args.stream_buffer, device=device, seed=seed)
+    # a copy: the fast buffer reuses evicted slots, the reference's items must not change under it
+    reference.buffer.add_base_init(buf.codes[:buf.size].cpu().numpy().copy(), buf.labels[:buf.size], buf.ids[:buf.size])
+    ref_rng = np.random.default_rng(seed)  # the same draws as model.rng until the first eviction
+    model.classifier_F.train()
+    reference.classifier_F.train()
+    data_rng = np.random.default_rng(seed + 7)
+    next_id = 10_000_000
+
+    def batch(size):
+        nonlocal next_id
+        b = stream_batch(data_rng, size, next_id)
+        next_id += size
+        return b
+
+    bs = args.batch_size
+    # warm-up: G and encode at the measured batch size, then two streamed examples per path
+    warm = batch(bs)
+    model.pq.encode_maps(model._features(warm[0]), model.pq_backend)
+    reference.encode(reference.extract(warm[0]))
+    timed_fast_batch(model, batch(2), PhaseTimer(device))
+    reference.timer = PhaseTimer(device)
+    reference.timer.start()
+    reference.fit_incremental_batch([batch(2)], ref_rng)
+    model.fit_incremental_batch(OneBatch(batch(2)), verbose=False)
+    reference.timer = None
+    reference.fit_incremental_batch([batch(2)], ref_rng)
+
+    timers = {"ours": PhaseTimer(device), "reference": PhaseTimer(device)}
+    e2e = {"ours": [], "reference": []}
+
+    def run_timed(which):
+        b = batch(bs)
+        if which == "ours":
+            timed_fast_batch(model, b, timers["ours"])
+        else:
+            reference.timer = timers["reference"]
+            reference.timer.start()
+            reference.fit_incremental_batch([b], ref_rng)
+            reference.timer = None
+
+    def run_e2e(which):
+        b = batch(bs)
+        sync(device)
+        start = time.perf_counter()
+        if which == "ours":
+            model.fit_incremental_batch(OneBatch(b), verbose=False)
+        else:
+            reference.fit_incremental_batch([b], ref_rng)
+        sync(device)
+        e2e[which].append((time.perf_counter() - start) / bs)
+
+    rounds = max(1, args.steps // bs)
+    started = time.perf_counter()
+    for r in range(rounds):
+        order = ("ours", "reference") if r % 2 == 0 else ("reference", "ours")
+        for which in order:
+            run_timed(which)
+        for which in reversed(order):
+            run_e2e(which)
+        print(f"  round {r + 1}/{rounds}: {time.perf_counter() - started:.1f} s", flush=True)
+    steps = rounds * bs
+
+    result = {"streamed_examples_per_path_per_measurement": steps, "g_batch_size": bs,
+              "buffer_entries_while_streaming": args.stream_buffer, "phases_ms": {}, "end_to_end_ms": {}}
+    table = []
+    for phase in PHASES:
+        row = {}
+        for which, timer in timers.items():
+            values = np.asarray(timer.times[phase])
+            if phase in PER_BATCH_PHASES:
+                values = values / bs
+            assert len(values) == (rounds if phase in PER_BATCH_PHASES else steps), (phase, which, len(values))
+            row[which] = {"median": float(np.median(values)) * 1e3, "mean": float(np.mean(values)) * 1e3}
+        result["phases_ms"][phase] = row
+        table.append((phase, row))
+    totals = {which: sum(result["phases_ms"][p][which]["median"] for p in PHASES) for which in timers}
+    totals_mean = {which: sum(result["phases_ms"][p][which]["mean"] for p in PHASES) for which in timers}
+    for which in e2e:
+        result["end_to_end_ms"][which] = {"median": float(np.median(e2e[which])) * 1e3,
+                                          "mean": float(np.mean(e2e[which])) * 1e3,
+                                          "per_batch": [v * 1e3 for v in e2e[which]]}
+    result["phase_sum_median_ms"] = totals
+    result["phase_sum_mean_ms"] = totals_mean
+    result["speedup_end_to_end"] = result["end_to_end_ms"]["reference"]["median"] / \
+        result["end_to_end_ms"]["ours"]["median"]
+    result["speedup_phase_sum"] = totals["reference"] / totals["ours"]
+
+    print(f"\n== Time per streamed example on {device} ({steps} examples per path per measurement, "
+          f"G batches of {bs}, {args.stream_buffer:,}-entry full buffer, r=50, mixup 0.1, crops on; "
+          "G and encode: batch time / batch size)")
+    print(f"{'phase':<20} {'ours ms':>9} {'ref ms':>9} {'ref/ours':>9}   (medians; means: ours / ref)")
+    for phase, row in table:
+        o, r = row["ours"]["median"], row["reference"]["median"]
+        print(f"{phase:<20} {o:9.2f} {r:9.2f} {r / o if o > 0 else float('nan'):9.2f}   "
+              f"({row['ours']['mean']:.2f} / {row['reference']['mean']:.2f})")
+    print(f"{'sum of medians':<20} {totals['ours']:9.2f} {totals['reference']:9.2f} "
+          f"{totals['reference'] / totals['ours']:9.2f}")
+    eo, er = result["end_to_end_ms"]["ours"]["median"], result["end_to_end_ms"]["reference"]["median"]
+    print(f"{'end to end':<20} {eo:9.2f} {er:9.2f} {er / eo:9.2f}   (fit_incremental_batch, no phase syncs; "
+          f"median of {len(e2e['ours'])} batches)")
+    del model, reference, network
+    gc.collect()
+    return result
+
+
+def time_inserts(fn, count: int, device: torch.device) -> np.ndarray:
+    times = np.empty(count)
+    for k in range(count):
+        sync(device)
+        start = time.perf_counter()
+        fn(k)
+        sync(device)
+        times[k] = time.perf_counter() - start
+    return times
+
+
+def bench_buffers(args, device: torch.device) -> tuple[dict, dict, ReplayBuffer]:
+    """Bytes per example and eviction cost; returns the largest buffer for the checkpoint section."""
+    sizes = (10_000, 100_000, 1_000_000)
+    ref_inserts = {10_000: 2000, 100_000: 500, 1_000_000: 100}
+    rng = np.random.default_rng(args.seed + 11)
+    pool = [torch.randint(0, 256, CODE_SHAPE, dtype=torch.uint8).to(device) for _ in range(16)]
+    pool_np = [p.cpu().numpy() for p in pool]
+    bytes_result, evict_result = {}, {}
+    largest = None
+    for size in sizes:
+        start = time.perf_counter()
+        buffer = ReplayBuffer(CODE_SHAPE, NUM_CLASSES, max_size=size, device=device)
+        fill_buffer(buffer, size, args.seed + size)
+        fill_s = time.perf_counter() - start
+        if size >= 100_000:
+            nbytes = buffer.nbytes()
+            bytes_result[str(size)] = {"bytes": nbytes, "bytes_per_example": nbytes / size,
+                                       "ratio_to_raw_1568": nbytes / size / RAW_BYTES}
+        # ours: insert into the full buffer (each insert evicts)
+        labels = rng.integers(0, NUM_CLASSES, args.inserts)
+        ours = time_inserts(lambda k: buffer.insert(pool[k % 16], int(labels[k]), 20_000_000 + k, rng),
+                            args.inserts, device)
+        if size <= 100_000:
+            buffer.check_invariants()
+        # reference: the original's dict/list buffer with the same contents (codes as views of one host array)
+        start = time.perf_counter()
+        ref = ReferenceBuffer(max_size=size, seed=args.seed)
+        host_codes = buffer.codes[:size].cpu().numpy()
+        ref.add_base_init(host_codes, buffer.labels[:size], buffer.ids[:size])
+        ref_build_s = time.perf_counter() - start
+        n_ref = ref_inserts[size]
+        ref_labels = rng.integers(0, NUM_CLASSES, n_ref)
+        reference = time_inserts(lambda k: ref.update(pool_np[k % 16], int(ref_labels[k]), 30_000_000 + k),
+                                 n_ref, torch.device("cpu"))
+        assert len(ref.rehearsal_ixs) == size
+        evict_result[str(size)] = {
+            "ours_us_median": float(np.median(ours)) * 1e6, "ours_us_mean": float(np.mean(ours)) * 1e6,
+            "ours_us_p99": float(np.percentile(ours, 99)) * 1e6, "ours_inserts": args.inserts,
+            "reference_us_median": float(np.median(reference)) * 1e6,
+            "reference_us_mean": float(np.mean(reference)) * 1e6, "reference_inserts": n_ref,
+            "fill_s": fill_s, "reference_build_s": ref_build_s}
+        del ref, host_codes
+        gc.collect()
+        if size == sizes[-1]:
+            largest = buffer
+        else:
+            del buffer
+        gc.collect()
+        print(f"  buffer {size:,}: filled in {fill_s:.1f} s, reference dict built in {ref_build_s:.1f} s", flush=True)
+
+    print(f"\n== Buffer memory (ReplayBuffer.nbytes(), max_size = entries, {NUM_CLASSES} classes)")
+    print(f"{'entries':>10} {'bytes/example':>14} {'raw codes':>10} {'ratio':>7}")
+    for size, row in bytes_result.items():
+        print(f"{int(size):>10,} {row['bytes_per_example']:14.1f} {RAW_BYTES:>10} {row['ratio_to_raw_1568']:7.4f}")
+    print(f"\n== Insert into a full buffer (evicts a random example of the largest class), microseconds per insert")
+    print(f"{'entries':>10} {'ours med':>9} {'ours mean':>10} {'ours p99':>9} {'ref med':>10} {'ref mean':>10} "
+          f"{'ref/ours':>9}")
+    for size, row in evict_result.items():
+        print(f"{int(size):>10,} {row['ours_us_median']:9.1f} {row['ours_us_mean']:10.1f} {row['ours_us_p99']:9.1f} "
+              f"{row['reference_us_median']:10.1f} {row['reference_us_mean']:10.1f} "
+              f"{row['reference_us_median'] / row['ours_us_median']:9.1f}")
+    return bytes_result, evict_result, largest
+
+
+def bench_checkpoint(args, device: torch.device, holder: list, workdir: Path) -> dict:
+    """REMINDModel.save then REMINDModel.resume (F + optimizer file, then the buffer file via save_state).
+
+    ``holder`` holds the source buffer; it is emptied so the source's memory can go.
+    """
+    source = holder.pop()
+    entries = min(args.ckpt_entries, source.size)
+    model = REMINDModel(NUM_CLASSES, num_samples=50, use_mixup=True, max_buffer_size=IMAGENET_BUFFER,
+                        device=str(device), seed=args.seed)
+    model.pq = PQCodec(random_centroids(args.seed), device=device)
+    model.replay_buffer = model._new_buffer(CODE_SHAPE)
+    model.replay_buffer.add_batch(source.codes[:entries], source.labels[:entries], source.ids[:entries])
+    del source
+    gc.collect()
+    folder = workdir / "ckpt"
+    sync(device)
+    start = time.perf_counter()
+    model.save(1, str(folder))
+    sync(device)
+    save_s = time.perf_counter() - start
+    file_bytes = sum(f.stat().st_size for f in folder.iterdir())
+    check_rows = torch.from_numpy(np.random.default_rng(args.seed).choice(entries, 1000, replace=False)).to(device)
+    saved_codes = model.replay_buffer.codes.index_select(0, check_rows)
+    saved_ids = model.replay_buffer.ids[:entries].copy()
+    model.replay_buffer = None
+    gc.collect()
+    start = time.perf_counter()
+    model.resume(1, str(folder))
+    sync(device)
+    load_s = time.perf_counter() - start
+    assert model.replay_buffer.size == entries
+    assert torch.equal(model.replay_buffer.codes.index_select(0, check_rows), saved_codes)
+    assert np.array_equal(model.replay_buffer.ids[:entries], saved_ids)
+    scale = IMAGENET_BUFFER / entries
+    result = {"entries_measured": entries, "scaled_to": IMAGENET_BUFFER, "scale_factor": scale,
+              "scaled": entries != IMAGENET_BUFFER, "save_s": save_s, "load_s": load_s,
+              "file_bytes": file_bytes, "save_load_s_at_959665": (save_s + load_s) * scale}
+    print(f"\n== Checkpoint: REMINDModel.save + resume, {entries:,}-entry buffer "
+          f"({'measured at full size' if scale == 1 else f'scaled x{scale:.2f} to {IMAGENET_BUFFER:,}'}; "
+          f"files {file_bytes / 1e9:.2f} GB in {folder.parent})")
+    print(f"save {save_s:.2f} s, load {load_s:.2f} s, total {save_s + load_s:.2f} s"
+          + ("" if scale == 1 else f" -> {(save_s + load_s) * scale:.2f} s at {IMAGENET_BUFFER:,}")
+          + "  (load reads the file just written: page cache, not cold disk)")
+    for f in folder.iterdir():
+        f.unlink()
+    del model, saved_codes
+    gc.collect()
+    return result
+
+
+# ------------------------------------------------------------------------------ main
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--full", action="store_true",
+                        help="real sizes: 256 streamed examples per path per measurement in G batches of 128, "
+                             "a 959,665-entry buffer while streaming, the checkpoint at 959,665 entries")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="streamed examples per path per measurement (default 40; --full 256)")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per G batch (default 10; --full 128)")
+    parser.add_argument("--stream-buffer", type=int, default=None,
+                        help="entries of the full buffer while streaming (default 20,000; --full 959,665)")
+    parser.add_argument("--ckpt-entries", type=int, default=None,
+                        help=f"buffer entries for the checkpoint timing, scaled to {IMAGENET_BUFFER:,} "
+                             f"(default {IMAGENET_BUFFER:,})")
+    parser.add_argument("--inserts", type=int, default=2000, help="timed inserts per buffer size (ours)")
+    parser.add_argument("--sections", nargs="+", default=["encode", "stream", "buffer", "checkpoint"],
+                        choices=["encode", "stream", "buffer", "checkpoint"])
+    parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    args.steps = args.steps or (256 if args.full else 40)
+    args.batch_size = args.batch_size or (128 if args.full else 10)
+    args.batch_size = min(args.batch_size, args.steps)
+    args.stream_buffer = args.stream_buffer or (IMAGENET_BUFFER if args.full else 20_000)
+    args.ckpt_entries = args.ckpt_entries or IMAGENET_BUFFER
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    import faiss
+
+    began = time.perf_counter()
+    out = {"device": str(device) if device.type != "cuda" else f"cuda ({torch.cuda.get_device_name(device)})",
+           "mode": "full" if args.full else "default",
+           "config": {"torch": torch.__version__, "faiss": faiss.__version__, "numpy": np.__version__,
+                      "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
+                      "cpu_count": os.cpu_count(), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+                      "num_classes": NUM_CLASSES, "num_samples": 50, "mixup_alpha": 0.1, "crops": True,
+                      "code_shape": list(CODE_SHAPE), "codebook_size": CODEBOOK_SIZE, "image_size": 224}}
+    print(f"device {out['device']}, torch {torch.__version__}, faiss {faiss.__version__}, "
+          f"{torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+          f"mode {out['mode']}")
+    with tempfile.TemporaryDirectory(prefix="remind_bench_", dir=args.workdir) as tmp:
+        workdir = Path(tmp)
+        if "encode" in args.sections:
+            out["encode_ms"] = bench_encode(device, args.seed)
+        if "stream" in args.sections:
+            out["stream"] = bench_stream(args, device, workdir)
+            out["speedup_vs_reference"] = out["stream"]["speedup_end_to_end"]
+        if "buffer" in args.sections or "checkpoint" in args.sections:
+            bytes_result, evict_result, largest = bench_buffers(args, device)
+            out["buffer_bytes"] = bytes_result
+            out["buffer_bytes_ratio_1M"] = bytes_result["1000000"]["ratio_to_raw_1568"]
+            out["eviction_us"] = {size: row["ours_us_median"] for size, row in evict_result.items()}
+            out["eviction_us_reference"] = {size: row["reference_us_median"] for size, row in evict_result.items()}
+            out["eviction"] = evict_result
+            if "checkpoint" in args.sections:
+                holder = [largest]
+                del largest
+                out["checkpoint"] = bench_checkpoint(args, device, holder, workdir)
+                largest = None
+                out["checkpoint_save_load_s"] = out["checkpoint"]["save_load_s_at_959665"]
+            del largest
+            gc.collect()
+    out["total_runtime_s"] = time.perf_counter() - began
+
+    print("\n== Summary")
+    for key in ("device", "speedup_vs_reference", "buffer_bytes_ratio_1M", "eviction_us", "eviction_us_reference",
+                "checkpoint_save_load_s"):
+        if key in out:
+            value = out[key]
+            if isinstance(value, float):
+                value = round(value, 4)
+            elif isinstance(value, dict):
+                value = {k: round(v, 2) for k, v in value.items()}
+            print(f"{key}: {value}")
+    print(f"total runtime {out['total_runtime_s']:.0f} s")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
