@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test figure clean-results
+.PHONY: demo test bench figure clean-results
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/bench_stream.py --json results/bench_$$(date +%Y%m%d).json
 
 figure: $(STAMP)
 	$(VENV)/bin/python repo_images/draw_pipeline.py
