@@ -52,7 +52,6 @@ if str(ROOT) not in sys.path:
 from benchmarks.reference_loop import ReferenceBuffer, ReferenceREMIND  # noqa: E402
 from image_classification_experiments.REMINDModel import REMINDModel  # noqa: E402
 from image_classification_experiments.resnet_models import ResNet18ClassifyAfterLayer4_1  # noqa: E402
-from remind.augment import mixup, random_resized_crop, sample_mixup_lambda  # noqa: E402
 from remind.buffer import ReplayBuffer  # noqa: E402
 from remind.pq import PQCodec  # noqa: E402
 
@@ -111,59 +110,7 @@ def fmt_ms(seconds: float) -> str:
     return f"{seconds * 1e3:9.2f}"
 
 
-# ------------------------------------------------------------ our step, instrumented
-def timed_fast_replay_step(model: REMINDModel, new_codes: torch.Tensor, label: int, timer: PhaseTimer) -> None:
-    """``REMINDModel.replay_step`` + ``_sgd_step``, the same calls in the same order, with phase marks."""
-    slots = model._draw_replay_slots()
-    replay_codes, replay_labels = model.replay_buffer.gather(slots)
-    codes = torch.cat([new_codes.unsqueeze(0).to(model.device), replay_codes])
-    labels = torch.cat([torch.tensor([label], device=model.device), replay_labels])
-    maps = model.pq.decode_maps(codes)
-    timer.mark("sample_decode")
-    if model.use_random_resize_crops:
-        maps = random_resized_crop(maps, model.rng)
-    if model.use_mixup and len(slots) >= 2:
-        half = len(slots) // 2
-        lam = sample_mixup_lambda(model.rng, model.mixup_alpha)
-        inputs = torch.cat([maps[:1], mixup(maps[1:1 + half], maps[1 + half:], lam)])
-        labels_a, labels_b = labels[:1 + half], torch.cat([labels[:1], labels[1 + half:]])
-    else:
-        lam, inputs, labels_a, labels_b = 1.0, maps, labels, labels
-    timer.mark("augment")
-    lr = model.current_lr(label)
-    for group in model.optimizer.param_groups:
-        group["lr"] = lr
-    output = model.classifier_F(inputs)
-    loss = model.criterion(output, labels_a)
-    if lam != 1.0:
-        loss = lam * loss + (1.0 - lam) * model.criterion(output, labels_b)
-    loss = loss.mean()
-    model.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    timer.mark("f_forward_backward")
-    if model.grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(model.classifier_F.parameters(), model.grad_clip)
-    model.optimizer.step()
-    model.class_steps[label] += 1
-    timer.mark("optimizer")
-    return loss.detach()
-
-
-def check_instrumented_copy(model: REMINDModel, new_codes: torch.Tensor, label: int) -> None:
-    """The instrumented step must compute what ``REMINDModel.replay_step`` computes (guards against drift)."""
-    plain, timed = copy.deepcopy(model), copy.deepcopy(model)
-    loss_plain = float(plain.replay_step(new_codes, label))
-    timer = PhaseTimer(model.device)
-    timer.start()
-    loss_timed = float(timed_fast_replay_step(timed, new_codes, label, timer))
-    same = np.isclose(loss_plain, loss_timed, rtol=1e-6) and all(
-        torch.allclose(a, b, rtol=0, atol=1e-7)
-        for a, b in zip(plain.classifier_F.parameters(), timed.classifier_F.parameters()))
-    if not same:
-        raise RuntimeError("benchmarks/bench_stream.py: timed_fast_replay_step no longer matches "
-                           "REMINDModel.replay_step; update the instrumented copy")
-
-
+# ------------------------------------------------------------ our step, with phase marks
 def timed_fast_batch(model: REMINDModel, batch, timer: PhaseTimer) -> None:
     """``REMINDModel.fit_incremental_batch`` on one batch, with phase marks."""
     images, labels, ids = batch
@@ -172,10 +119,12 @@ def timed_fast_batch(model: REMINDModel, batch, timer: PhaseTimer) -> None:
     timer.mark("g_forward")
     batch_codes = model.pq.encode_maps(maps, model.pq_backend)
     timer.mark("encode")
+    model.phase_timer = timer  # REMINDModel.replay_step marks its own phases
     for codes, label, example_id in zip(batch_codes, labels.tolist(), ids.tolist()):
-        timed_fast_replay_step(model, codes, label, timer)
+        model.replay_step(codes, label)
         model.replay_buffer.insert(codes, label, example_id, model.rng)
         timer.mark("buffer_update")
+    model.phase_timer = None
 
 
 class OneBatch:
@@ -244,11 +193,6 @@ def bench_stream(args, device: torch.device, workdir: Path) -> dict:
                         seed=seed)
     centroids = random_centroids(seed)
     model.pq = PQCodec(centroids, device=device)
-    # check the instrumented copy of the step on a small buffer (the check deep-copies the model)
-    model.replay_buffer = model._new_buffer(CODE_SHAPE)
-    fill_buffer(model.replay_buffer, 300, seed)
-    images = torch.from_numpy(np.random.default_rng(seed).standard_normal((1, 3, 224, 224), dtype=np.float32))
-    check_instrumented_copy(model, model.pq.encode_maps(model._features(images))[0], 100)
     model.replay_buffer = model._new_buffer(CODE_SHAPE)
     fill_buffer(model.replay_buffer, args.stream_buffer, seed)
     buf = model.replay_buffer

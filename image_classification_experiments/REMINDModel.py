@@ -85,6 +85,8 @@ class REMINDModel:
         self.seed = seed
         self.pq: PQCodec | None = None
         self.replay_buffer: ReplayBuffer | None = None
+        # Optional object with .mark(phase) called at phase boundaries of a step (benchmarks/bench_stream.py).
+        self.phase_timer = None
 
     # ----------------------------------------------------------------- features
     def _features(self, images: torch.Tensor) -> torch.Tensor:
@@ -158,6 +160,8 @@ class REMINDModel:
         codes = torch.cat([new_codes.unsqueeze(0).to(self.device), replay_codes])
         labels = torch.cat([torch.tensor([label], device=self.device), replay_labels])
         maps = self.pq.decode_maps(codes, contiguous=not self.use_random_resize_crops)
+        if self.phase_timer is not None:
+            self.phase_timer.mark("sample_decode")
         if self.use_random_resize_crops:
             maps = random_resized_crop(maps, self.rng)
         if self.use_mixup and len(slots) >= 2:
@@ -167,6 +171,8 @@ class REMINDModel:
             labels_a, labels_b = labels[:1 + half], torch.cat([labels[:1], labels[1 + half:]])
         else:
             lam, inputs, labels_a, labels_b = 1.0, maps, labels, labels
+        if self.phase_timer is not None:
+            self.phase_timer.mark("augment")
         return self._sgd_step(inputs, labels_a, labels_b, lam, label)
 
     def _sgd_step(self, inputs, labels_a, labels_b, lam: float, label: int) -> torch.Tensor:
@@ -180,10 +186,14 @@ class REMINDModel:
         loss = loss.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.phase_timer is not None:
+            self.phase_timer.mark("f_forward_backward")
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.classifier_F.parameters(), self.grad_clip)
         self.optimizer.step()
         self.class_steps[label] += 1
+        if self.phase_timer is not None:
+            self.phase_timer.mark("optimizer")
         return loss.detach()
 
     def fit_incremental_batch(self, curr_loader, verbose: bool = True) -> float:
