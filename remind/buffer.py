@@ -154,7 +154,7 @@ class ReplayBuffer:
         index = torch.from_numpy(np.asarray(slots, dtype=np.int64)).to(self.device)
         labels = torch.from_numpy(self.labels[slots].astype(np.int64)).to(self.device)
         # index_select on the 2-D view is ~100x faster on CPU than on the 4-D tensor.
-        rows = self.codes.view(len(self.codes), -1).index_select(0, index)
+        rows = self.codes.view(len(self.codes), int(np.prod(self.code_shape))).index_select(0, index)
         return rows.view(len(index), *self.code_shape), labels
 
     # ------------------------------------------------------------- accounting
