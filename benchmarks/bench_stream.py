@@ -447,8 +447,8 @@ def parse_args(argv=None):
                         help=f"buffer entries for the checkpoint timing, scaled to {IMAGENET_BUFFER:,} "
                              f"(default {IMAGENET_BUFFER:,})")
     parser.add_argument("--inserts", type=int, default=2000, help="timed inserts per buffer size (ours)")
-    parser.add_argument("--sections", nargs="+", default=["encode", "stream", "buffer", "checkpoint"],
-                        choices=["encode", "stream", "buffer", "checkpoint"])
+    parser.add_argument("--sections", nargs="+", default=["vqa", "encode", "stream", "buffer", "checkpoint"],
+                        choices=["vqa", "encode", "stream", "buffer", "checkpoint"])
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -458,6 +458,40 @@ def parse_args(argv=None):
     args.stream_buffer = args.stream_buffer or (IMAGENET_BUFFER if args.full else 20_000)
     args.ckpt_entries = args.ckpt_entries or IMAGENET_BUFFER
     return args
+
+
+# (name, feature map (C, H, W) of the frozen trunk, images in the dataset's train+val splits)
+VQA_FEATURES = {"CLEVR (ResNet-101 layer3)": ((1024, 14, 14), 85_000),
+                "TDIUC (ResNet-152 layer4)": ((2048, 7, 7), 167_437)}
+
+
+def bench_vqa_disk(workdir: Path, seed: int, images: int = 16) -> dict:
+    """Bytes on disk per image: uint8 PQ codes (32 codebooks) as .npy vs float32 features as .npy."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    print("\n== VQA features on disk, bytes per image (measured on .npy files of "
+          f"{images} synthetic images; codebooks counted once per dataset)")
+    print(f"{'dataset':<28} {'float32':>10} {'codes':>8} {'ratio':>7} {'codebooks':>10} {'dataset, float32':>17} "
+          f"{'dataset, codes':>15}")
+    for name, ((channels, height, width), count) in VQA_FEATURES.items():
+        maps = torch.from_numpy(rng.standard_normal((images, channels, height, width), dtype=np.float32))
+        vectors = maps.permute(0, 2, 3, 1).reshape(-1, channels).numpy()
+        codec = PQCodec.train(vectors, NUM_CODEBOOKS, CODEBOOK_SIZE)
+        codes = codec.encode_maps(maps).numpy()
+        np.save(workdir / "codes.npy", codes)
+        np.save(workdir / "floats.npy", maps.numpy())
+        np.save(workdir / "codebooks.npy", codec.centroids.numpy())
+        per_code = (workdir / "codes.npy").stat().st_size / images
+        per_float = (workdir / "floats.npy").stat().st_size / images
+        books = (workdir / "codebooks.npy").stat().st_size
+        out[name] = {"float32_bytes_per_image": per_float, "code_bytes_per_image": per_code,
+                     "ratio": per_float / per_code, "codebook_bytes": books, "images": count,
+                     "dataset_float32_gb": per_float * count / 1e9,
+                     "dataset_codes_gb": (per_code * count + books) / 1e9}
+        row = out[name]
+        print(f"{name:<28} {per_float:>10,.0f} {per_code:>8,.0f} {row['ratio']:>6.0f}x {books:>10,} "
+              f"{row['dataset_float32_gb']:>14.1f} GB {row['dataset_codes_gb']:>12.2f} GB")
+    return out
 
 
 def main(argv=None) -> int:
@@ -478,6 +512,8 @@ def main(argv=None) -> int:
           f"mode {out['mode']}")
     with tempfile.TemporaryDirectory(prefix="remind_bench_", dir=args.workdir) as tmp:
         workdir = Path(tmp)
+        if "vqa" in args.sections:
+            out["vqa_disk"] = bench_vqa_disk(workdir, args.seed)
         if "encode" in args.sections:
             out["encode_ms"] = bench_encode(device, args.seed)
         if "stream" in args.sections:
