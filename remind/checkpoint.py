@@ -45,7 +45,7 @@ def safe_load(path: str | os.PathLike, what: str = "checkpoint", map_location="c
         # mmap: tensors are read on first touch, not all up front (a 1.5 GB buffer loads ~4x faster).
         return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except Exception as exc:  # truncated zip, random bytes, pickled objects...
-        # torch's message may suggest weights_only=False; we never load with pickle, so keep its first line.
+        # torch's message may suggest loading with pickle; we never do, so keep only its first line.
         first_line = (str(exc).splitlines() or [""])[0][:200]
         if first_line.startswith("Weights only load failed"):
             first_line = "not a weights-only PyTorch file"
