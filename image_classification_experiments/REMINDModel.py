@@ -2,13 +2,17 @@
 
 G (frozen trunk) -> PQ codes -> replay buffer; every streamed example takes one
 SGD step on F over itself plus ``num_samples`` decoded replays
-(:meth:`REMINDModel.replay_step`). All random draws (replay sampling,
+(:meth:`REMINDModel.replay_step`). The offline baseline
+(:meth:`REMINDModel.fit_offline`) instead stores every example's codes and
+retrains a fresh F for several epochs on the whole buffer. All random draws (replay sampling,
 eviction, crops, mixup) come from one numpy Generator the model owns and
 checkpoints, so a resumed run continues the same sequence.
 """
 from __future__ import annotations
 
 from pathlib import Path
+
+import math
 
 import numpy as np
 import torch
@@ -58,6 +62,7 @@ class REMINDModel:
                              extract_features_from=extract_features_from, classifier_F=classifier_F,
                              num_channels=num_channels, num_codebooks=num_codebooks, codebook_size=codebook_size)
         self.num_classes = num_classes
+        self.classifier_ckpt, self.weight_decay = classifier_ckpt, weight_decay
         self.device = torch.device(device or default_device())
         self.classifier_G = build_trunk(classifier_G, classifier_ckpt, extract_features_from,
                                         num_classes).to(self.device)
@@ -148,6 +153,15 @@ class REMINDModel:
             slots = slots[:2 * (len(slots) // 2)]  # mixup pairs the first half with the second
         return slots
 
+    def _decode_augmented(self, codes: torch.Tensor) -> torch.Tensor:
+        """Decode ``(n, H, W, M)`` codes to maps ``(n, C, H, W)``, random-resized-cropped when crops are on."""
+        maps = self.pq.decode_maps(codes, contiguous=not self.use_random_resize_crops)
+        if self.phase_timer is not None:
+            self.phase_timer.mark("sample_decode")
+        if self.use_random_resize_crops:
+            maps = random_resized_crop(maps, self.rng)
+        return maps
+
     def replay_step(self, new_codes: torch.Tensor, label: int) -> float:
         """One SGD step on F over the new example plus replayed ones; returns the loss.
 
@@ -159,11 +173,7 @@ class REMINDModel:
         replay_codes, replay_labels = self.replay_buffer.gather(slots)
         codes = torch.cat([new_codes.unsqueeze(0).to(self.device), replay_codes])
         labels = torch.cat([torch.tensor([label], device=self.device), replay_labels])
-        maps = self.pq.decode_maps(codes, contiguous=not self.use_random_resize_crops)
-        if self.phase_timer is not None:
-            self.phase_timer.mark("sample_decode")
-        if self.use_random_resize_crops:
-            maps = random_resized_crop(maps, self.rng)
+        maps = self._decode_augmented(codes)
         if self.use_mixup and len(slots) >= 2:
             half = len(slots) // 2
             lam = sample_mixup_lambda(self.rng, self.mixup_alpha)
@@ -173,10 +183,11 @@ class REMINDModel:
             lam, inputs, labels_a, labels_b = 1.0, maps, labels, labels
         if self.phase_timer is not None:
             self.phase_timer.mark("augment")
-        return self._sgd_step(inputs, labels_a, labels_b, lam, label)
+        loss = self._sgd_step(inputs, labels_a, labels_b, lam, self.current_lr(label))
+        self.class_steps[label] += 1
+        return loss
 
-    def _sgd_step(self, inputs, labels_a, labels_b, lam: float, label: int) -> torch.Tensor:
-        lr = self.current_lr(label)
+    def _sgd_step(self, inputs, labels_a, labels_b, lam: float, lr: float) -> torch.Tensor:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         output = self.classifier_F(inputs)
@@ -191,7 +202,6 @@ class REMINDModel:
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.classifier_F.parameters(), self.grad_clip)
         self.optimizer.step()
-        self.class_steps[label] += 1
         if self.phase_timer is not None:
             self.phase_timer.mark("optimizer")
         return loss.detach()
@@ -216,6 +226,41 @@ class REMINDModel:
             progress.set_postfix(loss=f"{float(total) / max(count, 1):.4f}")  # a sync point, once per batch
         progress.close()
         return float(total) / max(count, 1)
+
+    # ------------------------------------------------------- offline baseline
+    def store_incremental_batch(self, curr_loader, verbose: bool = True) -> None:
+        """Encode every example of ``curr_loader`` and add its codes to the buffer, with no SGD step."""
+        if self.replay_buffer is None:
+            raise RuntimeError("call fit_pq (base initialisation) or resume before adding examples")
+        for images, labels, ids in tqdm(curr_loader, desc="offline: encode", disable=not verbose, leave=False):
+            codes = self.pq.encode_maps(self._features(images), self.pq_backend)
+            self.replay_buffer.add_batch(codes, labels.numpy(), ids.numpy())
+
+    def fit_offline(self, epochs: int, batch_size: int = 256, lr: float = 0.1, verbose: bool = True) -> float:
+        """Offline upper bound: a fresh F (from the base-init checkpoint) trained on the whole buffer.
+
+        ``epochs`` passes of shuffled mini-batches of decoded codes (with the
+        feature-map crops when they are on), SGD with momentum 0.9 and F's weight
+        decay, LR on a cosine from ``lr`` to 0 over all steps. Shuffles and crops
+        come from the run's generator. Returns the last epoch's mean loss.
+        """
+        self.classifier_F = build_plastic(self.settings["classifier_F"], self.classifier_ckpt,
+                                          self.num_classes).to(self.device)
+        self.optimizer = torch.optim.SGD(self.classifier_F.parameters(), lr=lr, momentum=0.9,
+                                         weight_decay=self.weight_decay, fused=True)
+        self.classifier_F.train()
+        size = len(self.replay_buffer)
+        total_steps, step, loss = epochs * math.ceil(size / batch_size), 0, 0.0
+        for _ in tqdm(range(epochs), desc=f"offline: F on {size} examples", disable=not verbose, leave=False):
+            order, epoch_loss = self.rng.permutation(size), torch.zeros((), device=self.device)
+            for start in range(0, size, batch_size):
+                codes, labels = self.replay_buffer.gather(order[start:start + batch_size])
+                maps = self._decode_augmented(codes)
+                step_lr = 0.5 * lr * (1.0 + math.cos(math.pi * step / total_steps))
+                epoch_loss += self._sgd_step(maps, labels, labels, 1.0, step_lr) * len(labels)
+                step += 1
+            loss = float(epoch_loss) / max(size, 1)
+        return loss
 
     # -------------------------------------------------------------- inference
     @torch.no_grad()

@@ -1,15 +1,17 @@
-"""The embedded demo: REMIND against fine-tuning on scikit-learn's digits, no downloads.
+"""The embedded demo: REMIND, fine-tuning and the offline baseline on scikit-learn's digits, no downloads.
 
 Runs the real scripts on the digits written as an ImageNet-style dataset:
 
 1. ``make_digits_imagefolder`` (10 classes, 64 px inputs, 2x2 feature maps);
 2. ``train_base_init_network_from_scratch`` on the first 4 classes of the order;
-3. ``imagenet_experiment`` twice on the same stream of the other 6 classes, two
-   at a time: REMIND (50 replays, crops, mixup) and fine-tune (0 replays);
+3. ``imagenet_experiment`` three times on the same stream of the other 6
+   classes, two at a time: REMIND (50 replays, crops, mixup), fine-tune (0
+   replays) and offline (F retrained for ``--offline_epochs`` on everything seen);
+4. ``compute_omega``: ``OUT/omega.json`` (remind and finetune against offline),
+   ``OUT/results.md`` and all three runs in ``OUT/accuracy_curves.png``.
 
-then prints the two accuracy tables side by side and plots both runs in
-``OUT/accuracy_curves.png``. Each step is skipped when its output exists, and
-the streaming runs resume, so a rerun finishes quickly.
+Each step is skipped when its output exists, and the runs resume, so a rerun
+finishes quickly.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from image_classification_experiments import imagenet_experiment, reporting
+from image_classification_experiments import compute_omega, imagenet_experiment, reporting
 from image_classification_experiments import train_base_init_network_from_scratch as base_init
 from image_classification_experiments.make_digits_imagefolder import write_digits
 
@@ -32,6 +34,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="results/demo", help="results folder (results/demo)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--epochs", type=int, default=20, help="base-init epochs (20)")
+    parser.add_argument("--offline_epochs", type=int, default=30,
+                        help="epochs of the offline baseline at each evaluation (30)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data split, base init and stream (0)")
     parser.add_argument("--num_workers", type=int, default=2, help="data-loading processes (2)")
     return parser
@@ -54,7 +58,7 @@ def base_init_checkpoint(args) -> Path:
     return best
 
 
-def stream(args, ckpt: Path, name: str, replays: int) -> dict:
+def stream(args, ckpt: Path, name: str, replays: int, *extra: str) -> dict:
     save_dir = Path(args.out) / name
     code = imagenet_experiment.main([
         "--images_dir", args.data, "--label_dir", args.data, "--classifier_ckpt", str(ckpt),
@@ -64,7 +68,7 @@ def stream(args, ckpt: Path, name: str, replays: int) -> dict:
         "--use_random_resized_crops", "--use_mixup", "--mixup_alpha", "0.1",
         # 134 training digits per class, not ImageNet's 1300: decay over each class's own count.
         "--lr_examples_per_class", "auto", "--num_workers", str(args.num_workers),
-        "--device", args.device, "--seed", str(args.seed)])
+        "--device", args.device, "--seed", str(args.seed), *extra])
     if code != 0:
         raise SystemExit(code)
     latest = max(save_dir.glob("accuracies_min_trained_0_max_trained_*.json"),
@@ -77,16 +81,23 @@ def main(argv=None) -> int:
     if not (Path(args.data) / "imagenet_indices" / "imagenet_val_labels.npy").is_file():
         write_digits(args.data, seed=args.seed)
     ckpt = base_init_checkpoint(args)
-    runs = {"remind": stream(args, ckpt, "remind", 50), "finetune": stream(args, ckpt, "finetune", 0)}
+    runs = {"remind": stream(args, ckpt, "remind", 50), "finetune": stream(args, ckpt, "finetune", 0),
+            # 64-example batches: the digits have 536 to 1,340 training examples, too few for 256
+            "offline": stream(args, ckpt, "offline", 0, "--offline_epochs", str(args.offline_epochs),
+                              "--offline_batch_size", "64", "--offline_lr", "0.1")}
+    out = Path(args.out)
+    omegas = compute_omega.compute(str(out / "offline"), {name: str(out / name) for name in ("remind", "finetune")},
+                                   str(out))
     spec = argparse.Namespace(base_init_classes=BASE_CLASSES, class_increment=INCREMENT,
                               streaming_max_class=NUM_CLASSES)
-    classes = reporting.classes_seen(spec, runs["remind"])
-    reporting.plot_accuracies(runs, classes, Path(args.out) / "accuracy_curves.png")
     print("\nDigits demo: seen-class accuracy (%) after each increment")
-    print(reporting.format_table(runs, classes))
+    print(reporting.format_table(runs, reporting.classes_seen(spec, runs["remind"])))
+    print("\nOmega (mean over evaluations of learner / offline accuracy, all seen classes):")
+    for name, values in omegas.items():
+        print(f"  {name:<9} top-1 {values['top1']:.3f}   top-5 {values['top5']:.3f}")
     final = {name: acc["seen_classes_top1"][-1] for name, acc in runs.items()}
-    print(f"\nfinal seen-class top-1: REMIND {final['remind']:.2f}% vs fine-tune {final['finetune']:.2f}% "
-          f"(plot: {Path(args.out) / 'accuracy_curves.png'})")
+    print(f"\nfinal seen-class top-1: REMIND {final['remind']:.2f}%, fine-tune {final['finetune']:.2f}%, offline "
+          f"{final['offline']:.2f}% ({out / 'omega.json'}, {out / 'results.md'}, {out / 'accuracy_curves.png'})")
     return 0
 
 

@@ -8,6 +8,11 @@ non-base and all seen classes are appended to
 ``SAVE_DIR/accuracies_min_trained_0_max_trained_<max>.json``. Running the same
 command again resumes after the last completed increment.
 
+``--offline_epochs N`` (N > 0) runs the offline baseline through the same
+steps and files: each increment's codes go into an unlimited buffer with no
+SGD step, then a fresh F (from the base-init checkpoint) is trained for N
+epochs on the whole buffer before each evaluation (base init included).
+
     python -m image_classification_experiments.imagenet_experiment \
         --images_dir /data/ImageNet2012 --label_dir ./imagenet_files \
         --classifier_ckpt best_ResNet18ClassifyAfterLayer4_1_100.pth \
@@ -94,6 +99,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="first streamed class (default --base_init_classes; with --resume_full_path: the "
                         "increment to resume from)")
     g.add_argument("--streaming_max_class", type=int, default=None, help="end of the stream (default --num_classes)")
+    g = p.add_argument_group("offline baseline (upper bound for Omega)")
+    g.add_argument("--offline_epochs", type=int, default=0,
+                   help="0: stream (REMIND/fine-tune). N > 0: at each evaluation retrain a fresh F for N epochs on "
+                        "the reconstructed features of every example seen so far (try 40 on ImageNet)")
+    g.add_argument("--offline_batch_size", type=int, default=256, help="offline mini-batch size (256)")
+    g.add_argument("--offline_lr", type=float, default=0.1,
+                   help="offline start LR, cosine-decayed to 0 over the N epochs (0.1)")
     return p
 
 
@@ -110,6 +122,10 @@ def validate_args(args) -> None:
                         f"{args.num_classes}; raise --num_classes")
     if args.class_increment <= 0 or args.rehearsal_samples < 0:
         raise DataError("--class_increment must be positive and --rehearsal_samples non-negative")
+    if args.offline_epochs < 0 or args.offline_batch_size <= 0 or args.offline_lr <= 0:
+        raise DataError("--offline_epochs must be non-negative, --offline_batch_size and --offline_lr positive")
+    if args.offline_epochs and args.max_buffer_size is not None:
+        raise DataError("the offline baseline trains on every example seen: drop --max_buffer_size")
     for split in ("train", "val"):
         labels = load_labels(args.images_dir, args.label_dir, split)
         check_class_range(labels, args.min_class, args.base_init_classes, f"base init ({split})")
@@ -185,9 +201,10 @@ def write_results(args, accuracies: dict, probas: np.ndarray, max_class: int) ->
 
 
 # ------------------------------------------------------------------ the run
-def build_model(args) -> REMINDModel:
+def build_model(args, num_classes: int | None = None) -> REMINDModel:
+    """REMINDModel from the streaming flags (shared with core50_experiment, which fixes ``num_classes``)."""
     return REMINDModel(
-        num_classes=args.num_classes, classifier_G=args.base_arch, extract_features_from=args.extract_features_from,
+        num_classes=num_classes or args.num_classes, classifier_G=args.base_arch, extract_features_from=args.extract_features_from,
         classifier_F=args.classifier, classifier_ckpt=args.classifier_ckpt, weight_decay=args.weight_decay,
         lr_mode=args.lr_mode, lr_step_size=args.lr_step_size, start_lr=args.start_lr, end_lr=args.end_lr,
         lr_examples_per_class=args.lr_examples, num_samples=args.rehearsal_samples, use_mixup=args.use_mixup,
@@ -196,9 +213,22 @@ def build_model(args) -> REMINDModel:
         max_buffer_size=args.max_buffer_size, device=args.device, seed=args.seed, pq_backend=args.pq_backend)
 
 
+def run_mode(args) -> str:
+    return "offline" if args.offline_epochs else "stream"
+
+
+def fit_offline(args, remind: REMINDModel) -> None:
+    loss = remind.fit_offline(args.offline_epochs, args.offline_batch_size, args.offline_lr)
+    print(f"offline: F trained {args.offline_epochs} epochs on {len(remind.replay_buffer)} examples, "
+          f"last-epoch loss {loss:.4f}")
+
+
 def resume(args, remind: REMINDModel, inc: int, folder: str) -> dict:
     """Load increment ``inc`` from ``folder``, checking its codes fit G's maps at this --image_size."""
     meta = remind.resume(inc, folder)
+    if meta.get("mode", "stream") != run_mode(args):
+        raise CheckpointError(f"{folder} holds a {meta.get('mode', 'stream')} run but this is a {run_mode(args)} "
+                              "run (--offline_epochs); use another --save_dir")
     saved = tuple(remind.replay_buffer.code_shape[:2])
     if saved != args.feature_shape:
         raise CheckpointError(f"{folder} holds codes of {saved[0]}x{saved[1]} feature maps but G gives "
@@ -219,9 +249,11 @@ def start_or_resume(args, remind: REMINDModel, model_dir: Path) -> tuple[int, di
         return done, meta["accuracies"]
     print("base initialisation: training the PQ and filling the buffer")
     remind.fit_pq(loader(args, "train", args.min_class, args.base_init_classes))
+    if args.offline_epochs:
+        fit_offline(args, remind)
     accuracies = {k: [] for k in ACCURACY_KEYS}
     probas = evaluate(args, remind, args.base_init_classes, accuracies, base_only=True)
-    remind.save(args.base_init_classes, str(model_dir), {"accuracies": accuracies})
+    remind.save(args.base_init_classes, str(model_dir), {"accuracies": accuracies, "mode": run_mode(args)})
     write_results(args, accuracies, probas, args.base_init_classes)
     return args.base_init_classes, accuracies
 
@@ -234,10 +266,14 @@ def streaming(args, remind: REMINDModel) -> dict:
             continue
         first = max(trained, max_class - args.class_increment)
         print(f"\ntraining classes {first}-{max_class - 1}")
-        loss = remind.fit_incremental_batch(loader(args, "train", first, max_class))
-        print(f"mean streaming loss {loss:.4f}")
+        if args.offline_epochs:
+            remind.store_incremental_batch(loader(args, "train", first, max_class))
+            fit_offline(args, remind)
+        else:
+            loss = remind.fit_incremental_batch(loader(args, "train", first, max_class))
+            print(f"mean streaming loss {loss:.4f}")
         probas = evaluate(args, remind, max_class, accuracies)
-        remind.save(max_class, str(model_dir), {"accuracies": accuracies})
+        remind.save(max_class, str(model_dir), {"accuracies": accuracies, "mode": run_mode(args)})
         write_results(args, accuracies, probas, max_class)
         trained = max_class
     print(reporting.format_table({args.expt_name: accuracies}, reporting.classes_seen(args, accuracies)))

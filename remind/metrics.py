@@ -22,3 +22,32 @@ def topk_accuracy(scores, labels, topk=(1,)) -> list[float]:
     top = scores.topk(maxk, dim=1).indices  # (N, maxk)
     hits = top.eq(labels[:, None])
     return [float(hits[:, :min(k, maxk)].any(dim=1).float().mean() * 100.0) for k in topk]
+
+
+def omega(learner, offline) -> float:
+    """Omega (Hayes et al.): mean over evaluation points of ``learner[t] / offline[t]``.
+
+    Args:
+        learner, offline: accuracies at the same evaluation points, one entry
+            each (``None`` where a point has no value; points where both are
+            ``None`` are skipped, e.g. non-base accuracy at base init).
+    Raises:
+        ValueError: lists of different lengths, a value in only one list, an
+            offline accuracy <= 0, or no point left.
+    """
+    learner, offline = list(learner), list(offline)
+    if len(learner) != len(offline):
+        raise ValueError(f"learner has {len(learner)} evaluation points but offline has {len(offline)}; "
+                         "Omega needs both runs evaluated at the same points")
+    ratios = []
+    for t, (ours, upper) in enumerate(zip(learner, offline)):
+        if ours is None and upper is None:
+            continue
+        if ours is None or upper is None:
+            raise ValueError(f"evaluation point {t} has a value in only one of the two runs")
+        if upper <= 0:
+            raise ValueError(f"offline accuracy at evaluation point {t} is {upper}; Omega is undefined")
+        ratios.append(ours / upper)
+    if not ratios:
+        raise ValueError("no evaluation point to compute Omega on")
+    return float(np.mean(ratios))
