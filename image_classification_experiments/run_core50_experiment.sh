@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Stream CORe50 with REMIND in the four orderings, several permutations each. Every variable below can be
+# set from the environment, e.g.
+#   CORE50_DIR=/data/core50_128x128 BASE_INIT_CKPT=/data/resnet18-f37072fd.pth \
+#     ./image_classification_experiments/run_core50_experiment.sh
+# Smoke test on a generated tree (CORe50's naming, not its images):
+#   python -m image_classification_experiments.make_core50_tree --out data/core50_generated
+#   CORE50_DIR=data/core50_generated ORDERS=iid SEEDS=0 FRAME_STRIDE=1 IMAGE_SIZE=64 CODEBOOK_SIZE=16 \
+#     REPLAY_SAMPLES=5 ./image_classification_experiments/run_core50_experiment.sh
+# Running it again resumes each run after its last evaluation (results/<EXPT_NAME>_<order>_seed<k>/).
+# Relative paths are relative to the repository root (the script cd's there). See docs/core50.md.
+set -euo pipefail
+
+CORE50_DIR=${CORE50_DIR:-./data/core50_128x128}        # holds s1/ ... s11/ from core50_128x128.zip
+ORDERS=${ORDERS:-"iid class_iid instance class_instance"}
+SEEDS=${SEEDS:-"0 1 2 3 4 5 6 7 8 9"}                   # one permutation of each ordering per seed
+EXPT_NAME=${EXPT_NAME:-remind_core50}
+RESULTS_DIR=${RESULTS_DIR:-./results}
+BASE_INIT_CKPT=${BASE_INIT_CKPT:-}                      # torchvision ResNet-18 .pth; empty = random init
+DEVICE=${DEVICE:-}                                      # cuda or cpu; empty = cuda when available
+
+FRAME_STRIDE=${FRAME_STRIDE:-20}                        # 20 = 1 frame per second of the 20 fps videos
+BASE_INIT_FRACTION=${BASE_INIT_FRACTION:-0.1}
+EVAL_FRACTION=${EVAL_FRACTION:-0.1}
+REPLAY_SAMPLES=${REPLAY_SAMPLES:-50}
+MAX_BUFFER_SIZE=${MAX_BUFFER_SIZE:-}                    # empty = keep every streamed frame
+CODEBOOK_SIZE=${CODEBOOK_SIZE:-256}
+NUM_CODEBOOKS=${NUM_CODEBOOKS:-32}
+IMAGE_SIZE=${IMAGE_SIZE:-224}
+EXTRA_ARGS=${EXTRA_ARGS:-}                              # more flags, split on spaces (e.g. "--num_workers 0")
+PYTHON=${PYTHON:-python}
+
+# torch's spinning OpenMP threads fight faiss and the loaders for the cores (see DESIGN.md).
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+export PYTHONUNBUFFERED=1
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+common=(
+  --data_dir "${CORE50_DIR}"
+  --frame_stride "${FRAME_STRIDE}"
+  --base_init_fraction "${BASE_INIT_FRACTION}"
+  --eval_fraction "${EVAL_FRACTION}"
+  --rehearsal_samples "${REPLAY_SAMPLES}"
+  --num_codebooks "${NUM_CODEBOOKS}"
+  --codebook_size "${CODEBOOK_SIZE}"
+  --image_size "${IMAGE_SIZE}"
+  --start_lr 0.1
+  --end_lr 0.001
+  --lr_step_size 100
+  --lr_mode step_lr_per_class
+  --weight_decay 1e-5
+  --use_random_resized_crops
+  --use_mixup
+  --mixup_alpha 0.1
+)
+if [[ -n "${BASE_INIT_CKPT}" ]]; then common+=(--classifier_ckpt "${BASE_INIT_CKPT}"); fi
+if [[ -n "${MAX_BUFFER_SIZE}" ]]; then common+=(--max_buffer_size "${MAX_BUFFER_SIZE}"); fi
+if [[ -n "${DEVICE}" ]]; then common+=(--device "${DEVICE}"); fi
+read -r -a extra_args <<< "${EXTRA_ARGS}"
+
+mkdir -p logs
+for order in ${ORDERS}; do
+  for seed in ${SEEDS}; do
+    name="${EXPT_NAME}_${order}_seed${seed}"
+    "${PYTHON}" -m image_classification_experiments.core50_experiment "${common[@]}" \
+      --order "${order}" --permutation_seed "${seed}" --expt_name "${name}" \
+      --save_dir "${RESULTS_DIR}/${name}" ${extra_args[@]+"${extra_args[@]}"} \
+      2>&1 | tee "logs/${name}.log"
+  done
+done
