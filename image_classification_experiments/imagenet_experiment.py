@@ -176,6 +176,12 @@ def loader(args, split: str, min_class: int, max_class: int):
 def evaluate(args, remind: REMINDModel, max_class: int, accuracies: dict, base_only: bool = False) -> np.ndarray:
     """One pass over the seen classes' val images; appends to ``accuracies``, returns the probabilities."""
     _, probas, labels = remind.predict(loader(args, "val", args.min_class, max_class))
+    record_accuracies(args, probas, labels, accuracies, base_only)
+    return probas
+
+
+def record_accuracies(args, probas: np.ndarray, labels: np.ndarray, accuracies: dict, base_only: bool) -> None:
+    """Append top-1/top-5 on base, non-base and all seen classes (the original's keys) to ``accuracies``."""
     base = labels < args.base_init_classes
     for name, mask in (("base_classes", base), ("non_base_classes", ~base), ("seen_classes", np.ones_like(base))):
         if base_only and name == "non_base_classes":
@@ -183,9 +189,9 @@ def evaluate(args, remind: REMINDModel, max_class: int, accuracies: dict, base_o
         top1, top5 = topk_accuracy(probas[mask], labels[mask], topk=(1, 5))
         accuracies[f"{name}_top1"].append(top1)
         accuracies[f"{name}_top5"].append(top5)
-    print(f"classes {args.min_class}-{max_class - 1}: seen top1={accuracies['seen_classes_top1'][-1]:.2f}% "
+    print(f"classes {args.min_class}-{int(labels.max()) if len(labels) else args.min_class}: "
+          f"seen top1={accuracies['seen_classes_top1'][-1]:.2f}% "
           f"top5={accuracies['seen_classes_top5'][-1]:.2f}% | base top1={accuracies['base_classes_top1'][-1]:.2f}%")
-    return probas
 
 
 def write_results(args, accuracies: dict, probas: np.ndarray, max_class: int) -> None:
