@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from image_classification_experiments import imagenet_experiment as ie
-from image_classification_experiments.REMINDModel import REMINDModel, default_device
+from image_classification_experiments.REMINDModel import REMINDModel
 from image_classification_experiments.resnet_models import build_full_network, load_network_state
 from image_classification_experiments.utils_core50 import (NUM_CATEGORIES, ORDERINGS, Core50Split, core50_loader,
                                                            load_core50, stream_order)
-from image_classification_experiments.utils_imagenet import DataError, default_num_workers, examples_per_class
+from image_classification_experiments.utils_imagenet import DataError, examples_per_class
 from remind.checkpoint import CheckpointError, atomic_torch_save
 from remind.metrics import topk_accuracy
 from remind.pq import check_pq_shape
@@ -36,7 +36,8 @@ ACCURACY_KEYS = ie.ACCURACY_KEYS
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                parents=[ie.learner_args_parser()])
     g = p.add_argument_group("data and stream")
     g.add_argument("--data_dir", type=str, required=True, help="folder holding CORe50's s1/ ... s11/ (128x128)")
     g.add_argument("--order", choices=ORDERINGS, default="iid", help="stream ordering (iid)")
@@ -50,35 +51,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--expt_name", type=str, default="remind_core50", help="experiment name (remind_core50)")
     g.add_argument("--save_dir", type=str, default=None,
                    help="results folder (default streaming_experiments/<expt_name>_<order>_seed<k>); reruns resume")
-    g = p.add_argument_group("network")
+    g = p.add_argument_group("weights")
     g.add_argument("--classifier_ckpt", type=str, default=None,
                    help="weights for G and F: a torchvision ResNet-18 .pth (ImageNet, as the paper) or a project "
                         "base-init checkpoint; its fc is replaced by a random 10-way one when it has other "
                         "outputs. None: random init (no pretrained weights can be downloaded here)")
-    g.add_argument("--base_arch", type=str, default="ResNet18ClassifyAfterLayer4_1", help="full network G is cut from")
-    g.add_argument("--classifier", type=str, default="ResNet18_StartAt_Layer4_1", help="plastic head F")
-    g.add_argument("--extract_features_from", type=str, default="model.layer4.0", help="last layer of G")
-    g.add_argument("--num_channels", type=int, default=512, help="channels of G's feature maps (512)")
-    g.add_argument("--image_size", type=int, default=224, help="frames are resized to this square (224)")
-    g.add_argument("--batch_size", type=int, default=128, help="images per G batch (128)")
-    g.add_argument("--num_workers", type=int, default=default_num_workers(), help="data-loading processes")
-    g.add_argument("--device", type=str, default=default_device(), help="cuda or cpu (default: cuda if present)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the learner's random draws (0)")
-    g = p.add_argument_group("REMIND")
-    g.add_argument("--num_codebooks", type=int, default=32, help="PQ sub-quantisers (32)")
-    g.add_argument("--codebook_size", type=int, default=256, help="centroids per codebook (256)")
-    g.add_argument("--pq_backend", choices=("torch", "faiss"), default="torch", help="PQ encoder (torch)")
-    g.add_argument("--rehearsal_samples", type=int, default=50, help="replays per streamed frame (50; 0 = fine-tune)")
-    g.add_argument("--max_buffer_size", type=int, default=None, help="buffer limit (default: keep every frame)")
-    g.add_argument("--weight_decay", type=float, default=1e-5, help="SGD weight decay on F (1e-5)")
-    g.add_argument("--lr_mode", choices=("step_lr_per_class", "constant"), default="step_lr_per_class",
-                   help="per-class step decay (paper) or constant start_lr")
-    g.add_argument("--lr_step_size", type=int, default=100, help="steps between decays (100)")
-    g.add_argument("--start_lr", type=float, default=0.1, help="lr of a class's first step (0.1)")
-    g.add_argument("--end_lr", type=float, default=0.001, help="lr reached after a class's frames (0.001)")
-    g.add_argument("--use_random_resized_crops", action="store_true", help="feature-map crops (paper: on)")
-    g.add_argument("--use_mixup", action="store_true", help="mixup of replayed examples (paper: on)")
-    g.add_argument("--mixup_alpha", type=float, default=0.1, help="Beta(alpha, alpha) for mixup (0.1)")
     return p
 
 

@@ -42,30 +42,18 @@ ACCURACY_KEYS = ("base_classes_top1", "non_base_classes_top1", "seen_classes_top
                  "base_classes_top5", "non_base_classes_top5", "seen_classes_top5")
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("directories and names")
-    g.add_argument("--expt_name", type=str, default="remind_imagenet", help="experiment name (remind_imagenet)")
-    g.add_argument("--images_dir", type=str, required=True, help="folder with train/ and val/ class folders")
-    g.add_argument("--label_dir", type=str, required=True,
-                   help="folder with imagenet_indices/imagenet_{train,val}_labels.npy (class order)")
-    g.add_argument("--save_dir", type=str, default=None,
-                   help="results folder (default streaming_experiments/<expt_name>); a rerun resumes here")
-    g.add_argument("--resume_full_path", type=str, default=None,
-                   help="folder of a previous run's remind_model/ to continue from, at --streaming_min_class")
+def learner_args_parser() -> argparse.ArgumentParser:
+    """The REMIND learner's flags (G/F, PQ, buffer, LR, augmentation), shared by the experiment scripts."""
+    p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("network")
     g.add_argument("--base_arch", type=str, default="ResNet18ClassifyAfterLayer4_1",
                    help="architecture of the base-init checkpoint, from which G is cut")
     g.add_argument("--classifier", type=str, default="ResNet18_StartAt_Layer4_1", help="plastic head F")
-    g.add_argument("--classifier_ckpt", type=str, required=True,
-                   help="base-init checkpoint (train_base_init_network_from_scratch.py)")
     g.add_argument("--extract_features_from", type=str, default="model.layer4.0", help="last layer of G")
     g.add_argument("--num_channels", type=int, default=512, help="channels of G's feature maps (512)")
-    g.add_argument("--spatial_feat_dim", type=int, default=None,
-                   help="side of G's feature maps; checked if given (7 at 224 px), else inferred")
     g.add_argument("--weight_decay", type=float, default=1e-5, help="SGD weight decay on F (1e-5)")
     g.add_argument("--batch_size", type=int, default=128, help="images per G batch, streaming and testing (128)")
-    g.add_argument("--image_size", type=int, default=224, help="input side after centre crop (224)")
+    g.add_argument("--image_size", type=int, default=224, help="input side (224)")
     g.add_argument("--num_workers", type=int, default=default_num_workers(), help="data-loading processes")
     g.add_argument("--device", type=str, default=default_device(), help="cuda or cpu (default: cuda if present)")
     g.add_argument("--seed", type=int, default=0, help="seed of every random draw of the run (0)")
@@ -76,20 +64,41 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="encoder: torch (any device, robust under CPU load) or faiss (CPU); same codebooks")
     g = p.add_argument_group("replay buffer")
     g.add_argument("--rehearsal_samples", type=int, default=50, help="replays per streamed example (50; 0 = fine-tune)")
-    g.add_argument("--max_buffer_size", type=int, default=None, help="buffer limit (ImageNet paper: 959665)")
+    g.add_argument("--max_buffer_size", type=int, default=None,
+                   help="buffer limit (ImageNet paper: 959665; default: keep everything)")
     g = p.add_argument_group("learning rate")
     g.add_argument("--lr_mode", choices=("step_lr_per_class", "constant"), default="step_lr_per_class",
                    help="per-class step decay (paper) or constant start_lr")
     g.add_argument("--lr_step_size", type=int, default=100, help="steps between decays (100)")
     g.add_argument("--start_lr", type=float, default=0.1, help="lr of a class's first step (0.1)")
     g.add_argument("--end_lr", type=float, default=0.001, help="lr reached after a class's examples (0.001)")
-    g.add_argument("--lr_examples_per_class", type=str, default="1300",
-                   help="examples per class in the decay rule: an integer (1300, ImageNet's, as the original) "
-                        "or 'auto' to count each class's training examples")
     g = p.add_argument_group("augmentation")
     g.add_argument("--use_random_resized_crops", action="store_true", help="feature-map crops (paper: on)")
     g.add_argument("--use_mixup", action="store_true", help="mixup of replayed examples (paper: on)")
     g.add_argument("--mixup_alpha", type=float, default=0.1, help="Beta(alpha, alpha) for mixup (0.1)")
+    return p
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                parents=[learner_args_parser()])
+    g = p.add_argument_group("directories and names")
+    g.add_argument("--expt_name", type=str, default="remind_imagenet", help="experiment name (remind_imagenet)")
+    g.add_argument("--images_dir", type=str, required=True, help="folder with train/ and val/ class folders")
+    g.add_argument("--label_dir", type=str, required=True,
+                   help="folder with imagenet_indices/imagenet_{train,val}_labels.npy (class order)")
+    g.add_argument("--save_dir", type=str, default=None,
+                   help="results folder (default streaming_experiments/<expt_name>); a rerun resumes here")
+    g.add_argument("--resume_full_path", type=str, default=None,
+                   help="folder of a previous run's remind_model/ to continue from, at --streaming_min_class")
+    g = p.add_argument_group("base init and feature maps")
+    g.add_argument("--classifier_ckpt", type=str, required=True,
+                   help="base-init checkpoint (train_base_init_network_from_scratch.py)")
+    g.add_argument("--spatial_feat_dim", type=int, default=None,
+                   help="side of G's feature maps; checked if given (7 at 224 px), else inferred")
+    g.add_argument("--lr_examples_per_class", type=str, default="1300",
+                   help="examples per class in the LR decay rule: an integer (1300, ImageNet's, as the original) "
+                        "or 'auto' to count each class's training examples")
     g = p.add_argument_group("stream")
     g.add_argument("--num_classes", type=int, default=1000, help="outputs of F (1000)")
     g.add_argument("--min_class", type=int, default=0, help="first class (0)")
