@@ -162,8 +162,8 @@ class REMINDModel:
             maps = random_resized_crop(maps, self.rng)
         return maps
 
-    def replay_step(self, new_codes: torch.Tensor, label: int) -> float:
-        """One SGD step on F over the new example plus replayed ones; returns the loss.
+    def replay_step(self, new_codes: torch.Tensor, label: int) -> torch.Tensor:
+        """One SGD step on F over the new example plus replayed ones; returns the loss (a 0-d tensor, no sync).
 
         Args:
             new_codes: ``(H, W, M)`` uint8 codes of the new example.

@@ -163,27 +163,6 @@ def evaluate(args, remind: REMINDModel, test: Core50Split, seen: np.ndarray, bas
     return probas
 
 
-def plot_curve(args, accuracies: dict, frames: list[int], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axis = plt.subplots(figsize=(5, 4))
-    for key in ("seen_classes_top1", "seen_classes_top5"):
-        axis.plot(frames[:len(accuracies[key])], accuracies[key], marker="o", label=key.replace("_", " "))
-    axis.set_xlabel("training frames streamed")
-    axis.set_ylabel("accuracy on seen categories (%)")
-    axis.set_title(f"REMIND, CORe50 {args.order}, seed {args.permutation_seed}")
-    axis.set_ylim(0, 100)
-    axis.grid(alpha=0.3)
-    axis.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-
-
 def write_results(args, accuracies: dict, probas: np.ndarray, frames: list[int]) -> None:
     save_dir, count = Path(args.save_dir), frames[len(accuracies["seen_classes_top1"]) - 1]
     stem = f"core50_{args.order}_%s_min_trained_0_max_trained_{count}"
@@ -191,7 +170,9 @@ def write_results(args, accuracies: dict, probas: np.ndarray, frames: list[int])
     tmp.write_text(json.dumps(accuracies))
     tmp.replace(save_dir / f"{stem % 'accuracies'}.json")
     atomic_torch_save(torch.from_numpy(probas), save_dir / f"{stem % 'preds'}.pth")
-    plot_curve(args, accuracies, frames, save_dir / f"core50_{args.order}_accuracy_curve.png")
+    ie.reporting.plot_accuracies({f"REMIND {args.order} seed {args.permutation_seed}": accuracies}, frames,
+                                 save_dir / f"core50_{args.order}_accuracy_curve.png",
+                                 xlabel="training frames streamed")
 
 
 # ------------------------------------------------------------------ the run

@@ -33,14 +33,14 @@ def format_table(runs: dict[str, dict], classes: list[int], metrics=("seen_class
 
 
 def plot_accuracies(runs: dict[str, dict], classes: list[int], path: str | Path,
-                    metrics=("seen_classes_top1", "seen_classes_top5")) -> None:
-    """PNG of seen-class accuracy against classes seen, one line per run and metric."""
+                    metrics=("seen_classes_top1", "seen_classes_top5"), xlabel: str = "classes seen") -> None:
+    """PNG of seen-class accuracy against ``classes`` (the x values), one line per run and metric."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
     for axis, metric in zip(axes[0], metrics):
         for name, accuracies in runs.items():
             values = accuracies.get(metric, [])
             axis.plot(classes[:len(values)], values, marker="o", label=name)
-        axis.set_xlabel("classes seen")
+        axis.set_xlabel(xlabel)
         axis.set_ylabel(f"{metric.replace('_', ' ')} (%)")
         axis.set_ylim(0, 100)
         axis.grid(alpha=0.3)

@@ -30,6 +30,7 @@ from image_classification_experiments.utils_imagenet import examples_per_class, 
 from remind.buffer import ReplayBuffer
 from remind.checkpoint import load_state
 from remind.pq import PQCodec
+from helpers import randomise
 
 NUM_CLASSES = 10
 BASE = 4
@@ -41,20 +42,6 @@ KEYS = ("base_classes_top1", "non_base_classes_top1", "seen_classes_top1",
 
 
 # ------------------------------------------------------------------ helpers
-def _randomise(network: nn.Module, seed: int) -> nn.Module:
-    """Random BatchNorm statistics and affine parameters (convs keep torch's random init)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in network.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.copy_(torch.randn(module.num_features, generator=gen) * 0.1)
-                module.running_var.copy_(torch.rand(module.num_features, generator=gen) + 0.5)
-                module.weight.copy_(torch.rand(module.num_features, generator=gen) + 0.5)
-                module.bias.copy_(torch.randn(module.num_features, generator=gen) * 0.1)
-                module.num_batches_tracked.fill_(3)
-    return network
-
-
 def _save_net(network: nn.Module, path: Path, arch: str | None) -> Path:
     obj = {"state_dict": network.state_dict()}
     if arch is not None:
@@ -125,7 +112,7 @@ def digits(tmp_path_factory) -> Path:
 def ckpts(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("ckpts_ie")
     torch.manual_seed(0)
-    _save_net(_randomise(ResNet18ClassifyAfterLayer4_1(num_classes=NUM_CLASSES), 1), folder / "base.pth", ARCH)
+    _save_net(randomise(ResNet18ClassifyAfterLayer4_1(num_classes=NUM_CLASSES), 1), folder / "base.pth", ARCH)
     return folder
 
 

@@ -9,34 +9,16 @@ from image_classification_experiments.resnet_models import (
     FULL_NETWORKS, PLASTIC_NETWORKS, SPLIT_FOR_HEAD, FeatureTrunk, ResNet18ClassifyAfterLayer4_0,
     ResNet18ClassifyAfterLayer4_1, build_full_network, build_plastic, build_plastic_network, build_trunk)
 from remind.checkpoint import CheckpointError
+from helpers import randomise
 
 NUM_CLASSES = 10
-
-
-def _randomised(network, seed):
-    """Random weights *and* random BatchNorm statistics/affine, so eval mode is a real test."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in network.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.copy_(torch.randn(module.num_features, generator=gen) * 0.1)
-                module.running_var.copy_(torch.rand(module.num_features, generator=gen) + 0.5)
-                module.weight.copy_(torch.rand(module.num_features, generator=gen) + 0.5)
-                module.bias.copy_(torch.randn(module.num_features, generator=gen) * 0.1)
-                module.num_batches_tracked.fill_(7)
-            elif isinstance(module, (nn.Conv2d, nn.Linear)):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=gen)
-                                    * (2.0 / module.weight[0].numel()) ** 0.5)
-                if module.bias is not None:
-                    module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
-    return network
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     """A ResNet18ClassifyAfterLayer4_1 checkpoint as the base-init script writes it."""
     torch.manual_seed(0)
-    network = _randomised(ResNet18ClassifyAfterLayer4_1(num_classes=NUM_CLASSES), seed=1)
+    network = randomise(ResNet18ClassifyAfterLayer4_1(num_classes=NUM_CLASSES), seed=1, weights=True)
     state = network.state_dict()
     path = tmp_path_factory.mktemp("ckpt") / "best_ResNet18ClassifyAfterLayer4_1.pth"
     torch.save({"state_dict": state}, path)

@@ -1,0 +1,23 @@
+"""Shared test helpers (imported as ``helpers``: pytest puts tests/ on sys.path)."""
+import torch
+import torch.nn as nn
+
+
+def randomise(network: nn.Module, seed: int, weights: bool = False) -> nn.Module:
+    """Random BatchNorm statistics and affine parameters (and, with ``weights``, conv/linear weights),
+    so that loading by name and eval mode are real tests rather than defaults that match by chance."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in network.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.copy_(torch.randn(module.num_features, generator=gen) * 0.1)
+                module.running_var.copy_(torch.rand(module.num_features, generator=gen) + 0.5)
+                module.weight.copy_(torch.rand(module.num_features, generator=gen) + 0.5)
+                module.bias.copy_(torch.randn(module.num_features, generator=gen) * 0.1)
+                module.num_batches_tracked.fill_(3)
+            elif weights and isinstance(module, (nn.Conv2d, nn.Linear)):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen)
+                                    * (2.0 / module.weight[0].numel()) ** 0.5)
+                if module.bias is not None:
+                    module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
+    return network
