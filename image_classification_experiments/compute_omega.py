@@ -20,7 +20,7 @@ import re
 import sys
 from pathlib import Path
 
-from image_classification_experiments import reporting
+from remind import reporting
 from remind.metrics import omega
 
 # omega.json key -> accuracy-file key

@@ -20,7 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-from image_classification_experiments import compute_omega, imagenet_experiment, reporting
+from image_classification_experiments import compute_omega, imagenet_experiment
+from remind import reporting
 from image_classification_experiments import train_base_init_network_from_scratch as base_init
 from image_classification_experiments.make_digits_imagefolder import write_digits
 

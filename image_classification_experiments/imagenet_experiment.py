@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from image_classification_experiments import reporting
+from remind import reporting
 from image_classification_experiments.REMINDModel import REMINDModel, default_device
 from image_classification_experiments.utils_imagenet import (DataError, check_class_range, default_num_workers,
                                                              examples_per_class, get_data_loader, load_labels)

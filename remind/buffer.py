@@ -110,11 +110,16 @@ class ReplayBuffer:
             self.class_counts[label] = count + len(new_slots)
         self.size += n
 
-    def insert(self, codes: torch.Tensor, label: int, example_id: int, rng: np.random.Generator) -> int | None:
-        """Store one example; when full, first evict a random example of the largest class.
+    def insert(self, codes: torch.Tensor, label: int, example_id: int, rng: np.random.Generator,
+               strategy: str = "random") -> int | None:
+        """Store one example; when full, first evict an example of the largest class.
 
         Args:
             codes: ``(H, W, M)`` uint8.
+            strategy: which example of the largest class goes: ``random`` (REMIND's rule) or
+                ``queue``, the oldest one (the VQA experiments' ``--buffer_replacement_strategy``).
+                A class's slots are kept in insertion order only under ``queue``, so use one
+                strategy per buffer.
         Returns:
             the evicted example's id, or None.
         """
@@ -125,10 +130,16 @@ class ReplayBuffer:
         if self.max_size is not None and self.size >= self.max_size:
             largest = int(np.argmax(self.class_counts))
             count = self.class_counts[largest]
-            position = int(rng.integers(count))
             slots = self.class_slots[largest]
-            slot = int(slots[position])
-            slots[position] = slots[count - 1]
+            if strategy == "random":
+                position = int(rng.integers(count))
+                slot = int(slots[position])
+                slots[position] = slots[count - 1]
+            elif strategy == "queue":
+                slot = int(slots[0])
+                slots[:count - 1] = slots[1:count].copy()  # O(class size) shift keeps arrival order
+            else:
+                raise ValueError(f"unknown replacement strategy {strategy!r}; use 'random' or 'queue'")
             self.class_counts[largest] = count - 1
             evicted = int(self.ids[slot])
         else:

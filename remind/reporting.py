@@ -1,4 +1,4 @@
-"""Tables and plots of accuracy against classes seen."""
+"""Tables and plots of accuracy against a stream position (classes seen, questions seen), shared by all experiments."""
 from __future__ import annotations
 
 from pathlib import Path

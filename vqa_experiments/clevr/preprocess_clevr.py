@@ -1,0 +1,65 @@
+"""Pre-process CLEVR's questions into the tables ``vqa_trainer.py`` reads.
+
+Reads ``{path}/questions/CLEVR_{train,val}_questions.json`` (CLEVR v1.0's own
+files) and writes, into ``--out``: ``LUT_clevr.json`` (answers and the 5
+question types, most frequent first), ``dictionary_clevr.json`` and
+``{train,val}_clevr.npz``. A question's type is the last function of its
+program (count, exist, compare_integer, compare_attribute, query_attribute).
+
+    python -m vqa_experiments.clevr.preprocess_clevr --path /data/CLEVR_v1.0 --out /data/CLEVR_v1.0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vqa_experiments.vqa_data import CLEVR_FUNCTION_TO_TYPE, QuestionRecord, VQADataError, read_json, \
+    write_question_files
+
+
+def clevr_image_id(split: str, image_index: int) -> int:
+    """The original's image ids: '1' + index for train, '2' + index for val (unique over both splits)."""
+    return int({"train": "1", "val": "2"}[split] + str(int(image_index)))
+
+
+def read_split(path: Path, split: str) -> list[QuestionRecord]:
+    file = path / "questions" / f"CLEVR_{split}_questions.json"
+    data = read_json(file, f"CLEVR {split} questions")
+    records = []
+    try:
+        for entry in data["questions"]:
+            function = entry["program"][-1]["function"]
+            if function not in CLEVR_FUNCTION_TO_TYPE:
+                raise VQADataError(f"{file}: question {entry['question_index']} ends in unknown function {function!r}")
+            records.append(QuestionRecord(qid=int(entry["question_index"]),
+                                          iid=clevr_image_id(split, entry["image_index"]),
+                                          question=entry["question"], answers=[str(entry["answer"])],
+                                          qtype=CLEVR_FUNCTION_TO_TYPE[function]))
+    except (KeyError, IndexError, TypeError) as exc:
+        raise VQADataError(f"{file} is not a CLEVR question file (missing {exc}); the test split has no answers "
+                           "and cannot be used") from None
+    if not records:
+        raise VQADataError(f"{file} holds no questions")
+    return records
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--path", required=True, help="CLEVR_v1.0 folder (holds questions/ and images/)")
+    parser.add_argument("--out", default=None, help="where to write the tables (default: --path)")
+    args = parser.parse_args(argv)
+    try:
+        path = Path(args.path)
+        splits = {split: read_split(path, split) for split in ("train", "val")}
+        summary = write_question_files(args.out or path, "clevr", splits)
+    except VQADataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Frozen ResNet feature maps for VQA images (shared by the CLEVR and TDIUC extraction scripts).
+
+CLEVR: ResNet-101 through ``layer3`` (14x14x1024 at 224 px). TDIUC: ResNet-152
+through ``layer4`` (7x7x2048). Images are resized to a square (bicubic, as
+the original) and normalised with ImageNet's mean and std.
+
+No weights can be downloaded here: pass torchvision's ImageNet file
+(``--weights resnet101-*.pth``, from https://download.pytorch.org/models/),
+or a ResNet checkpoint you trained (any state dict with torchvision's key
+names, optionally under 'state_dict' / 'model_state_dict' and with a
+'module.' prefix), or say ``--random_init`` to use a randomly initialised
+trunk (for smoke tests and the offline demo only).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torchvision
+from PIL import Image
+from tqdm import tqdm
+
+from remind.checkpoint import CheckpointError, safe_load
+from vqa_experiments.vqa_data import VQADataError, atomic_write_text, feature_paths
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def build_trunk(arch: str, stage: int, weights: str | None, random_init: bool, seed: int = 0) -> nn.Sequential:
+    """``conv1 .. layer{stage}`` of a torchvision ResNet, frozen, in eval mode."""
+    if (weights is None) == (not random_init):
+        raise VQADataError("pass exactly one of --weights PATH (a torchvision .pth; nothing can be downloaded "
+                           "here) or --random_init")
+    torch.manual_seed(seed)
+    net = getattr(torchvision.models, arch)(weights=None)
+    if weights is not None:
+        state = safe_load(weights, f"{arch} weights")
+        for key in ("state_dict", "model_state_dict"):
+            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+                state = state[key]
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{weights} does not hold a state dict")
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        wanted = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+        missing = [k for k in wanted if k not in state]
+        if missing:
+            raise CheckpointError(f"{weights} is not a {arch} checkpoint: it lacks {len(missing)} tensors "
+                                  f"(e.g. {missing[0]})")
+        bad = [k for k in wanted if tuple(state[k].shape) != tuple(wanted[k].shape)]
+        if bad:
+            raise CheckpointError(f"{weights}: {bad[0]} has shape {tuple(state[bad[0]].shape)}, {arch} needs "
+                                  f"{tuple(wanted[bad[0]].shape)}; is it a different ResNet depth?")
+        net.load_state_dict({k: state[k] for k in wanted}, strict=False)
+    layers = [net.conv1, net.bn1, net.relu, net.maxpool] + [getattr(net, f"layer{i}") for i in range(1, stage + 1)]
+    trunk = nn.Sequential(*layers).eval()
+    for p in trunk.parameters():
+        p.requires_grad_(False)
+    return trunk
+
+
+class ImageList(torch.utils.data.Dataset):
+    def __init__(self, paths: list[Path], image_size: int):
+        self.paths = paths
+        self.image_size = image_size
+        self.mean = torch.tensor(MEAN).view(3, 1, 1)
+        self.std = torch.tensor(STD).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        with Image.open(self.paths[index]) as img:
+            img = img.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
+        return (x - self.mean) / self.std
+
+
+def extract(dataset: str, images: list[tuple[int, Path]], out_dir, arch: str, stage: int, weights: str | None,
+            random_init: bool, image_size: int, batch_size: int, num_workers: int, device: str, dtype: str,
+            overwrite: bool) -> dict:
+    """Write ``all_{dataset}_{feat}.npy`` (N, H, W, C) and ``map_{dataset}_{feat}.json``; return a summary."""
+    if not images:
+        raise VQADataError("no images found; check --path")
+    ids = [iid for iid, _ in images]
+    if len(set(ids)) != len(ids):
+        raise VQADataError("two images have the same image id; check the image folders")
+    paths = feature_paths(out_dir, dataset)
+    for key in ("features", "map"):
+        if paths[key].exists() and not overwrite:
+            raise VQADataError(f"{paths[key]} exists; pass --overwrite to replace it")
+    trunk = build_trunk(arch, stage, weights, random_init).to(device)
+    loader = torch.utils.data.DataLoader(ImageList([p for _, p in images], image_size), batch_size=batch_size,
+                                         num_workers=num_workers)
+    paths["features"].parent.mkdir(parents=True, exist_ok=True)
+    tmp = paths["features"].with_name(f".{paths['features'].name}.tmp.npy")
+    features = None
+    start = 0
+    try:
+        with torch.no_grad():
+            for batch in tqdm(loader, desc=f"{arch} {dataset} features", unit="batch", file=sys.stdout,
+                              disable=None):
+                maps = trunk(batch.to(device)).permute(0, 2, 3, 1).cpu().numpy()
+                if features is None:
+                    features = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype),
+                                                         shape=(len(images), *maps.shape[1:]))
+                features[start:start + len(maps)] = maps
+                start += len(maps)
+        features.flush()
+        shape = list(features.shape)
+        del features
+        os.replace(tmp, paths["features"])
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
+    mapping = {"image_id_to_ix": {str(i): row for row, i in enumerate(ids)},
+               "image_ix_to_id": {str(row): str(i) for row, i in enumerate(ids)},
+               "feature_shape": shape[1:], "image_size": image_size, "arch": arch, "stage": stage,
+               "weights": weights or "random_init"}
+    atomic_write_text(paths["map"], json.dumps(mapping))
+    return {"images": len(images), "feature_shape": shape[1:], "bytes": int(np.prod(shape)) * np.dtype(dtype).itemsize,
+            "features": str(paths["features"]), "map": str(paths["map"])}
+
+
+def add_arguments(parser: argparse.ArgumentParser, arch: str, stage: int) -> None:
+    parser.add_argument("--path", required=True, help="dataset folder holding the images")
+    parser.add_argument("--out", default=None, help="work folder for the features (default: --path)")
+    parser.add_argument("--weights", default=None, help=f"torchvision {arch} .pth file (or your own trained trunk)")
+    parser.add_argument("--random_init", action="store_true", help="randomly initialised trunk (demo/smoke test)")
+    parser.add_argument("--model", default=arch, choices=["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])
+    parser.add_argument("--model_stage", type=int, default=stage, choices=[1, 2, 3, 4])
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                        help="on-disk precision of the features (float16 halves the disk PQ training needs)")
+    parser.add_argument("--overwrite", action="store_true")
+
+
+def run(dataset: str, images_fn, argv, arch: str, stage: int, doc: str) -> int:
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser, arch, stage)
+    args = parser.parse_args(argv)
+    try:
+        images = images_fn(Path(args.path))
+        summary = extract(dataset, images, args.out or args.path, args.model, args.model_stage, args.weights,
+                          args.random_init, args.image_size, args.batch_size, args.num_workers, args.device,
+                          args.dtype, args.overwrite)
+    except (VQADataError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0

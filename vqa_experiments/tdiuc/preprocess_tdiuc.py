@@ -1,0 +1,60 @@
+"""Pre-process TDIUC's questions into the tables ``vqa_trainer.py`` reads.
+
+Reads TDIUC's own files, ``{path}/Questions/OpenEnded_mscoco_{split}2014_questions.json``
+and ``{path}/Annotations/mscoco_{split}2014_annotations.json``, and writes into
+``--out``: ``LUT_tdiuc.json`` (answers and question types, most frequent
+first; TDIUC has 12 types), ``dictionary_tdiuc.json`` and ``{train,val}_tdiuc.npz``.
+
+    python -m vqa_experiments.tdiuc.preprocess_tdiuc --path /data/TDIUC --out /data/TDIUC
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vqa_experiments.vqa_data import QuestionRecord, VQADataError, read_json, write_question_files
+
+
+def read_split(path: Path, split: str) -> list[QuestionRecord]:
+    qfile = path / "Questions" / f"OpenEnded_mscoco_{split}2014_questions.json"
+    afile = path / "Annotations" / f"mscoco_{split}2014_annotations.json"
+    questions = read_json(qfile, f"TDIUC {split} questions")
+    annotations = read_json(afile, f"TDIUC {split} annotations")
+    try:
+        text = {int(q["question_id"]): q["question"] for q in questions["questions"]}
+        records = []
+        for ann in annotations["annotations"]:
+            qid = int(ann["question_id"])
+            if qid not in text:
+                raise VQADataError(f"{afile}: question {qid} is not in {qfile}; the two files are from different "
+                                   "TDIUC versions")
+            records.append(QuestionRecord(qid=qid, iid=int(ann["image_id"]), question=text[qid],
+                                          answers=[str(a["answer"]) for a in ann["answers"]],
+                                          qtype=str(ann["question_type"])))
+    except (KeyError, TypeError) as exc:
+        raise VQADataError(f"{qfile} / {afile} are not TDIUC files (missing {exc})") from None
+    if not records:
+        raise VQADataError(f"{afile} holds no annotations")
+    return records
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--path", required=True, help="TDIUC folder (holds Questions/, Annotations/, Images/)")
+    parser.add_argument("--out", default=None, help="where to write the tables (default: --path)")
+    args = parser.parse_args(argv)
+    try:
+        path = Path(args.path)
+        splits = {split: read_split(path, split) for split in ("train", "val")}
+        summary = write_question_files(args.out or path, "tdiuc", splits)
+    except VQADataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
