@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test bench figure clean-results
+.PHONY: demo demo-vqa test bench figure clean-results
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/python -m image_classification_experiments.digits_demo --out results/demo
 
+demo-vqa: $(STAMP)
+	$(VENV)/bin/python -m vqa_experiments.vqa_demo --out results/demo-vqa --data data/demo-vqa
+
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q tests
 
@@ -26,4 +29,4 @@ figure: $(STAMP)
 	$(VENV)/bin/python repo_images/draw_pipeline.py
 
 clean-results:
-	rm -rf results/demo data/digits
+	rm -rf results/demo data/digits results/demo-vqa data/demo-vqa

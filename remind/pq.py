@@ -9,6 +9,7 @@ array ``centroids: (M, K, C / M)``, which is all that needs saving.
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import torch
@@ -87,6 +88,12 @@ class PQCodec:
         pq = faiss.ProductQuantizer(num_channels, num_codebooks, int(math.log2(codebook_size)))
         pq.cp.seed = seed
         pq.verbose = False
+        few = 39 * codebook_size  # faiss's min_points_per_centroid
+        if len(vectors) < few:
+            # One line instead of faiss's warning per codebook; the clustering itself is unchanged.
+            print(f"warning: PQ trains {codebook_size} centroids on {len(vectors)} vectors (faiss suggests at "
+                  f"least {few}); codes will be coarse", file=sys.stderr)
+            pq.cp.min_points_per_centroid = 1
         pq.train(vectors)
         centroids = faiss.vector_to_array(pq.centroids).reshape(num_codebooks, codebook_size, -1)
         return cls(centroids, device=device)

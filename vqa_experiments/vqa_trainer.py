@@ -104,7 +104,7 @@ class VQAData:
         self.order = stream_order(self.train, args.data_order, self.num_classes, self.type_names)
         self.device = torch.device(args.device)
         self.codec = codec.to(self.device)
-        self.codes = torch.from_numpy(np.ascontiguousarray(codes)).to(self.device)
+        self.codes = torch.from_numpy(np.array(codes)).to(self.device)  # a writable copy of the memory map
         self.code_shape = tuple(self.codes.shape[1:])
         self.imnorm = config.imnorm
         self.tables = {}

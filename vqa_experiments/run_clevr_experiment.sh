@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Streaming VQA on CLEVR with REMIND (the paper's settings). Every variable below can be set from
+# the environment, e.g.
+#   DATA_PATH=/data/CLEVR DATA_ORDER=iid ./vqa_experiments/run_clevr_experiment.sh
+# DATA_PATH must hold the preprocessed questions and the PQ codes of DATA_ORDER (README: "Streaming VQA").
+# With PREPARE=1 the script first runs preprocessing, ResNet-101 feature extraction (WEIGHTS=.../resnet101-63fe2227.pth)
+# and PQ encoding on RAW_PATH. Running it again resumes after the last evaluated boundary.
+set -euo pipefail
+
+lr=${lr:-${LR:-3e-4}}
+CONFIG=${CONFIG:-CLEVR_streaming}
+DATA_ORDER=${DATA_ORDER:-qtype}                    # qtype or iid
+MODE=${MODE:-stream_with_rehearsal}                 # stream_with_rehearsal (REMIND), stream (fine-tune) or full (offline)
+DATA_PATH=${DATA_PATH:-./data/CLEVR_v1.0}                # work folder: questions tables, codes, codebooks
+RAW_PATH=${RAW_PATH:-./data/CLEVR_v1.0}                 # the dataset as downloaded (only for PREPARE=1)
+WEIGHTS=${WEIGHTS:-}                                # torchvision ResNet-101 .pth (only for PREPARE=1)
+PREPARE=${PREPARE:-0}
+expt=${expt:-${CONFIG}_${DATA_ORDER}_${lr}_${MODE}}
+OUTPUT_DIR=${OUTPUT_DIR:-./snapshots/${expt}}
+DEVICE=${DEVICE:-}                                  # cuda or cpu; empty = cuda when available
+EXTRA_ARGS=${EXTRA_ARGS:-}                          # e.g. "--rehearsal_mode limited_buffer --max_buffer_size 10000"
+PYTHON=${PYTHON:-python}
+
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+export PYTHONUNBUFFERED=1
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+device_args=()
+if [ -n "${DEVICE}" ]; then device_args=(--device "${DEVICE}"); fi
+
+if [ "${PREPARE}" = "1" ]; then
+  if [ -z "${WEIGHTS}" ]; then
+    echo "error: PREPARE=1 needs WEIGHTS=/path/to/resnet101-63fe2227.pth (torchvision's ImageNet ResNet-101; nothing is downloaded)" >&2
+    exit 2
+  fi
+  if [ ! -f "${DATA_PATH}/train_clevr.npz" ]; then
+    "${PYTHON}" -m vqa_experiments.clevr.preprocess_clevr --path "${RAW_PATH}" --out "${DATA_PATH}"
+  fi
+  if [ ! -f "${DATA_PATH}/map_clevr_resnet_largestage3.json" ]; then
+    "${PYTHON}" -m vqa_experiments.clevr.extract_image_features_clevr --path "${RAW_PATH}" --out "${DATA_PATH}" \
+      --weights "${WEIGHTS}" "${device_args[@]}"
+  fi
+  if [ ! -f "${DATA_PATH}/all_clevr_resnet_largestage3pq_${DATA_ORDER}_codes.npy" ]; then
+    "${PYTHON}" -m vqa_experiments.clevr.pq_encoding_clevr --data_path "${DATA_PATH}" --data_order "${DATA_ORDER}" \
+      "${device_args[@]}"
+  fi
+fi
+
+# shellcheck disable=SC2086
+"${PYTHON}" -u -m vqa_experiments.vqa_trainer \
+  --config_name "${CONFIG}" \
+  --expt_name "${expt}" \
+  --data_path "${DATA_PATH}" \
+  --data_order "${DATA_ORDER}" \
+  --"${MODE}" \
+  --lr "${lr}" \
+  --output_dir "${OUTPUT_DIR}" \
+  "${device_args[@]}" ${EXTRA_ARGS}
