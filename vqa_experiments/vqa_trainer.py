@@ -391,6 +391,9 @@ def prepare(args):
     glove = None
     if args.glove is not None:
         glove, found = load_word_vectors(args.glove, data.dictionary)
+        if glove.shape != (data.dictionary.ntoken, config.emb_dim):  # refuse here, before the output folder
+            raise VQADataError(f"word vectors have shape {glove.shape}, the model needs ({data.dictionary.ntoken}, "
+                               f"{config.emb_dim}); set the embedding size with --set emb_dim={glove.shape[-1]}")
         print(f"word vectors: {found} of {data.dictionary.ntoken} question words found in {args.glove}")
     return config, data, glove
 
