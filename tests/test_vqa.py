@@ -879,3 +879,15 @@ def test_accuracy_by_type_by_hand():
     assert result["mean_per_type"] == pytest.approx((200 / 3 + 0 + 100) / 3)
     empty = metric.accuracy_by_type(np.array([]), np.array([]), np.array([]), ["a"])
     assert empty == {"overall": 0.0, "mean_per_type": 0.0, "per_type": {}}
+
+
+def test_updown_attention_equals_the_concatenated_mlp():
+    """The split-weight attention computes the original's Linear(cat(location feature, question))."""
+    from vqa_experiments.vqa_models import Attention
+    torch.manual_seed(0)
+    attention = Attention(imfeat_size=24, qfeat_size=10, hidden=16, dropout=False).eval()
+    q, v = torch.randn(3, 10), torch.randn(3, 7, 24)
+    tiled = torch.cat((v, q.unsqueeze(1).expand(-1, 7, -1)), 2)
+    expected = torch.softmax(attention.attnmap(torch.relu(attention.nlin(tiled))), 1)
+    assert torch.allclose(attention(q, v), expected, atol=1e-6)
+    assert torch.allclose(attention(q, v).sum(1), torch.ones(3, 1))

@@ -91,9 +91,13 @@ class Attention(nn.Module):
         self.dropout = nn.Dropout(0.5) if dropout else nn.Identity()
 
     def forward(self, qfeat: torch.Tensor, imfeat: torch.Tensor) -> torch.Tensor:
-        qtile = qfeat.unsqueeze(1).expand(-1, imfeat.size(1), -1)
-        hidden = self.dropout(torch.relu(self.nlin(torch.cat((imfeat, qtile), 2))))
-        return torch.softmax(self.attnmap(hidden), 1)
+        # nlin(cat(v_i, q)) = W_v v_i + (W_q q + b): the question half is computed once per question,
+        # not once per location (a third fewer FLOPs at 2048 + 1024 inputs, and no tiled copy of q).
+        c = imfeat.size(-1)
+        weight = self.nlin.weight
+        question = torch.nn.functional.linear(qfeat, weight[:, c:], self.nlin.bias)
+        hidden = torch.matmul(imfeat, weight[:, :c].t()) + question.unsqueeze(1)
+        return torch.softmax(self.attnmap(self.dropout(torch.relu(hidden))), 1)
 
 
 class Classifier(nn.Module):
