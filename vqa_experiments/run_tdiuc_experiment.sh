@@ -21,7 +21,6 @@ DEVICE=${DEVICE:-}                                  # cuda or cpu; empty = cuda 
 EXTRA_ARGS=${EXTRA_ARGS:-}                          # e.g. "--rehearsal_mode limited_buffer --max_buffer_size 10000"
 PYTHON=${PYTHON:-python}
 
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 export PYTHONUNBUFFERED=1
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
