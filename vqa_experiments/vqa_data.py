@@ -63,7 +63,8 @@ def atomic_save_npz(path: str | os.PathLike, **arrays) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.npz", dir=path.parent)
     with os.fdopen(fd, "wb") as handle:
-        np.savez(handle, **arrays)
+        # Compressed: the padded question texts ('<U' arrays) and token rows are mostly zeros.
+        np.savez_compressed(handle, **arrays)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
@@ -192,8 +193,8 @@ class Questions:
     """One split's question table (numpy arrays, one row per question)."""
     qid: np.ndarray
     iid: np.ndarray
-    q: np.ndarray
-    a: np.ndarray
+    q: np.ndarray | None  # question texts and answer strings: None unless loaded with text=True
+    a: np.ndarray | None
     tokens: np.ndarray
     qlen: np.ndarray
     aidx: np.ndarray
@@ -205,10 +206,11 @@ class Questions:
         return len(self.qid)
 
     def subset(self, rows: np.ndarray) -> "Questions":
-        return Questions(**{f: getattr(self, f)[rows] for f in QUESTION_FIELDS})
+        return Questions(**{f: None if getattr(self, f) is None else getattr(self, f)[rows] for f in QUESTION_FIELDS})
 
 
-def load_questions(data_path, dataset: str, split: str) -> Questions:
+def load_questions(data_path, dataset: str, split: str, text: bool = False) -> Questions:
+    """One split's table; the texts (``q``, ``a``: large for CLEVR's 700k questions) only with ``text``."""
     path = Path(data_path) / f"{split}_{dataset}.npz"
     if not path.is_file():
         raise VQADataError(f"question file not found: {path}; run vqa_experiments/{dataset}/preprocess_{dataset}.py "
@@ -218,7 +220,7 @@ def load_questions(data_path, dataset: str, split: str) -> Questions:
             missing = [f for f in QUESTION_FIELDS if f not in data.files]
             if missing:
                 raise VQADataError(f"{path} lacks {missing}; re-run preprocessing")
-            return Questions(**{f: data[f] for f in QUESTION_FIELDS})
+            return Questions(**{f: data[f] if text or f not in ("q", "a") else None for f in QUESTION_FIELDS})
     except (OSError, ValueError, EOFError) as exc:
         if isinstance(exc, VQADataError):
             raise
