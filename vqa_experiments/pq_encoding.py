@@ -116,11 +116,14 @@ def encode_dataset(dataset: str, args) -> dict:
                {"dataset": dataset, "data_order": args.data_order, "base_init_images": int(len(rows)),
                 "train_vectors": int(len(vectors)), "feature_shape": list(features.shape[1:])})
     float_bytes = int(np.prod(features.shape)) * 4
-    code_bytes = os.path.getsize(paths["codes"]) + os.path.getsize(paths["codec"])
+    codes_only, codec_bytes = os.path.getsize(paths["codes"]), os.path.getsize(paths["codec"])
+    code_bytes = codes_only + codec_bytes
     n = len(features)
     print(f"| storage | bytes | bytes per image |\n|---|---|---|\n"
           f"| float32 features (what the original stored) | {float_bytes:,} | {float_bytes // n:,} |\n"
-          f"| uint8 codes + codebooks (ours) | {code_bytes:,} | {code_bytes // n:,} |\n"
-          f"ratio {float_bytes / code_bytes:.1f}x smaller")
+          f"| uint8 codes (ours) | {codes_only:,} | {int(np.prod(codes.shape[1:])):,} |\n"
+          f"| codebooks (ours, once) | {codec_bytes:,} | |\n"
+          f"codes + codebooks are {float_bytes / code_bytes:.1f}x smaller than float32 features "
+          f"({float_bytes / n / np.prod(codes.shape[1:]):.0f}x per image)")
     return {"images": n, "codes": str(paths["codes"]), "codec": str(paths["codec"]), "code_shape": list(codes.shape[1:]),
             "float32_bytes": float_bytes, "code_bytes": code_bytes, "ratio": round(float_bytes / code_bytes, 2)}
