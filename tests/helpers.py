@@ -21,3 +21,14 @@ def randomise(network: nn.Module, seed: int, weights: bool = False) -> nn.Module
                 if module.bias is not None:
                     module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
     return network
+
+
+# Written out here, independently of vqa_experiments, so tests compare the code against the datasets' definitions.
+CLEVR_TYPE = {"count": "count", "exist": "exist", "greater_than": "compare_integer",
+              "less_than": "compare_integer", "equal_integer": "compare_integer",
+              "equal_color": "compare_attribute", "equal_material": "compare_attribute",
+              "equal_shape": "compare_attribute", "equal_size": "compare_attribute",
+              "query_color": "query_attribute", "query_material": "query_attribute",
+              "query_shape": "query_attribute", "query_size": "query_attribute"}
+TDIUC_TYPES = {"object_presence", "counting", "color", "attribute", "object_recognition",
+               "positional_reasoning", "absurd"}

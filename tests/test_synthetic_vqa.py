@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from vqa_experiments.make_synthetic_vqa import generate, main
+from helpers import CLEVR_TYPE, TDIUC_TYPES
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN, VAL, QPI, SIZE = 12, 4, 10, 64
@@ -29,14 +30,6 @@ WORDS = {**{v: ("size", v) for v in SIZES}, **{v: ("material", v) for v in MATER
          **{v: ("color", v) for v in COLORS}, **{v: ("shape", v) for v in SHAPES},
          **{v + "s": ("shape", v) for v in SHAPES}, "thing": None, "things": None}
 RELATION_WORDS = {"left of": "left", "right of": "right", "in front of": "front", "behind": "behind"}
-CLEVR_TYPE = {"count": "count", "exist": "exist", "greater_than": "compare_integer",
-              "less_than": "compare_integer", "equal_integer": "compare_integer",
-              "equal_color": "compare_attribute", "equal_material": "compare_attribute",
-              "equal_shape": "compare_attribute", "equal_size": "compare_attribute",
-              "query_color": "query_attribute", "query_material": "query_attribute",
-              "query_shape": "query_attribute", "query_size": "query_attribute"}
-TDIUC_TYPES = {"object_presence", "counting", "color", "attribute", "object_recognition",
-               "positional_reasoning", "absurd"}
 
 
 def clevr_paths(root: Path, split: str) -> dict[str, Path]:

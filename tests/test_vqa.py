@@ -26,24 +26,17 @@ import torch
 from remind.buffer import ReplayBuffer
 from remind.checkpoint import load_state
 from remind.pq import PQCodec
-from vqa_experiments import make_synthetic_vqa, metric, pq_encoding, vqa_data, vqa_trainer
+from vqa_experiments import make_synthetic_vqa, metric, vqa_data, vqa_trainer
 from vqa_experiments.clevr import extract_image_features_clevr, pq_encoding_clevr, preprocess_clevr
 from vqa_experiments.configs import get_config
 from vqa_experiments.tdiuc import extract_image_features_tdiuc, pq_encoding_tdiuc, preprocess_tdiuc
 from vqa_experiments.vqa_data import QuestionRecord, Questions, VQADataError, stream_order, write_question_files
 from vqa_experiments.vqa_models import build_model, load_word_vectors
+from helpers import CLEVR_TYPE, TDIUC_TYPES
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES, VAL_IMAGES, QPI, IMAGE_SIZE = 40, 12, 5, 64
 CODEBOOKS, CODEBOOK_SIZE = 8, 16
-CLEVR_TYPE = {"count": "count", "exist": "exist", "greater_than": "compare_integer",
-              "less_than": "compare_integer", "equal_integer": "compare_integer",
-              "equal_color": "compare_attribute", "equal_material": "compare_attribute",
-              "equal_shape": "compare_attribute", "equal_size": "compare_attribute",
-              "query_color": "query_attribute", "query_material": "query_attribute",
-              "query_shape": "query_attribute", "query_size": "query_attribute"}
-TDIUC_TYPES = {"object_presence", "counting", "color", "attribute", "object_recognition",
-               "positional_reasoning", "absurd"}
 TINY = {"clevr": ["--config_name", "CLEVR_demo", "--set", "mac_max_step=2", "--set", "mac_dim=16",
                   "--set", "emb_dim=16"],
         "tdiuc": ["--config_name", "TDIUC_demo", "--set", "emb_dim=16", "--set", "lstm_out=16",
@@ -891,3 +884,21 @@ def test_updown_attention_equals_the_concatenated_mlp():
     expected = torch.softmax(attention.attnmap(torch.relu(attention.nlin(tiled))), 1)
     assert torch.allclose(attention(q, v), expected, atol=1e-6)
     assert torch.allclose(attention(q, v).sum(1), torch.ones(3, 1))
+
+
+@pytest.mark.parametrize("dataset", ["clevr", "tdiuc"])
+def test_run_script_passes_its_variables_to_the_trainer(data, tmp_path, dataset):
+    """run_<dataset>_experiment.sh with environment overrides runs the trainer on the work folder, and
+    PREPARE=1 without WEIGHTS stops with one error line before doing anything."""
+    script = REPO / "vqa_experiments" / f"run_{dataset}_experiment.sh"
+    env = {**os.environ, "PYTHON": sys.executable, "DATA_PATH": str(data.work[dataset]), "MODE": "stream",
+           "CONFIG": TINY[dataset][1], "OUTPUT_DIR": str(tmp_path / "out"), "DEVICE": "cpu", "OMP_NUM_THREADS": "1",
+           "EXTRA_ARGS": " ".join(TINY[dataset][2:] + COMMON)}
+    bad = subprocess.run(["bash", str(script)], env={**env, "PREPARE": "1"}, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: PREPARE=1 needs WEIGHTS=")
+    assert not (tmp_path / "out").exists()
+    run = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = load_json(tmp_path / "out" / "summary.json")
+    assert summary["mode"] == "stream" and summary["data_order"] == "qtype"
+    assert summary["config"]["lr"] == get_config("CLEVR_streaming" if dataset == "clevr" else "TDIUC_streaming").lr

@@ -21,37 +21,10 @@ DEVICE=${DEVICE:-}                                  # cuda or cpu; empty = cuda 
 EXTRA_ARGS=${EXTRA_ARGS:-}                          # e.g. "--rehearsal_mode limited_buffer --max_buffer_size 10000"
 PYTHON=${PYTHON:-python}
 
-export PYTHONUNBUFFERED=1
+DATASET=clevr
+FEATURE_NAME=resnet_largestage3
+WEIGHTS_FILE=resnet101-63fe2227.pth
+TRUNK=ResNet-101
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-
-device_args=()
-if [ -n "${DEVICE}" ]; then device_args=(--device "${DEVICE}"); fi
-
-if [ "${PREPARE}" = "1" ]; then
-  if [ -z "${WEIGHTS}" ]; then
-    echo "error: PREPARE=1 needs WEIGHTS=/path/to/resnet101-63fe2227.pth (torchvision's ImageNet ResNet-101; nothing is downloaded)" >&2
-    exit 2
-  fi
-  if [ ! -f "${DATA_PATH}/train_clevr.npz" ]; then
-    "${PYTHON}" -m vqa_experiments.clevr.preprocess_clevr --path "${RAW_PATH}" --out "${DATA_PATH}"
-  fi
-  if [ ! -f "${DATA_PATH}/map_clevr_resnet_largestage3.json" ]; then
-    "${PYTHON}" -m vqa_experiments.clevr.extract_image_features_clevr --path "${RAW_PATH}" --out "${DATA_PATH}" \
-      --weights "${WEIGHTS}" "${device_args[@]}"
-  fi
-  if [ ! -f "${DATA_PATH}/all_clevr_resnet_largestage3pq_${DATA_ORDER}_codes.npy" ]; then
-    "${PYTHON}" -m vqa_experiments.clevr.pq_encoding_clevr --data_path "${DATA_PATH}" --data_order "${DATA_ORDER}" \
-      "${device_args[@]}"
-  fi
-fi
-
-# shellcheck disable=SC2086
-"${PYTHON}" -u -m vqa_experiments.vqa_trainer \
-  --config_name "${CONFIG}" \
-  --expt_name "${expt}" \
-  --data_path "${DATA_PATH}" \
-  --data_order "${DATA_ORDER}" \
-  --"${MODE}" \
-  --lr "${lr}" \
-  --output_dir "${OUTPUT_DIR}" \
-  "${device_args[@]}" ${EXTRA_ARGS}
+# shellcheck source=vqa_run_common.sh
+source vqa_experiments/vqa_run_common.sh

@@ -21,37 +21,10 @@ DEVICE=${DEVICE:-}                                  # cuda or cpu; empty = cuda 
 EXTRA_ARGS=${EXTRA_ARGS:-}                          # e.g. "--rehearsal_mode limited_buffer --max_buffer_size 10000"
 PYTHON=${PYTHON:-python}
 
-export PYTHONUNBUFFERED=1
+DATASET=tdiuc
+FEATURE_NAME=resnet
+WEIGHTS_FILE=resnet152-394f9c45.pth
+TRUNK=ResNet-152
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-
-device_args=()
-if [ -n "${DEVICE}" ]; then device_args=(--device "${DEVICE}"); fi
-
-if [ "${PREPARE}" = "1" ]; then
-  if [ -z "${WEIGHTS}" ]; then
-    echo "error: PREPARE=1 needs WEIGHTS=/path/to/resnet152-394f9c45.pth (torchvision's ImageNet ResNet-152; nothing is downloaded)" >&2
-    exit 2
-  fi
-  if [ ! -f "${DATA_PATH}/train_tdiuc.npz" ]; then
-    "${PYTHON}" -m vqa_experiments.tdiuc.preprocess_tdiuc --path "${RAW_PATH}" --out "${DATA_PATH}"
-  fi
-  if [ ! -f "${DATA_PATH}/map_tdiuc_resnet.json" ]; then
-    "${PYTHON}" -m vqa_experiments.tdiuc.extract_image_features_tdiuc --path "${RAW_PATH}" --out "${DATA_PATH}" \
-      --weights "${WEIGHTS}" "${device_args[@]}"
-  fi
-  if [ ! -f "${DATA_PATH}/all_tdiuc_resnetpq_${DATA_ORDER}_codes.npy" ]; then
-    "${PYTHON}" -m vqa_experiments.tdiuc.pq_encoding_tdiuc --data_path "${DATA_PATH}" --data_order "${DATA_ORDER}" \
-      "${device_args[@]}"
-  fi
-fi
-
-# shellcheck disable=SC2086
-"${PYTHON}" -u -m vqa_experiments.vqa_trainer \
-  --config_name "${CONFIG}" \
-  --expt_name "${expt}" \
-  --data_path "${DATA_PATH}" \
-  --data_order "${DATA_ORDER}" \
-  --"${MODE}" \
-  --lr "${lr}" \
-  --output_dir "${OUTPUT_DIR}" \
-  "${device_args[@]}" ${EXTRA_ARGS}
+# shellcheck source=vqa_run_common.sh
+source vqa_experiments/vqa_run_common.sh

@@ -13,9 +13,11 @@ this package and read by ``vqa_trainer.py``:
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
+import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -183,6 +185,23 @@ def write_question_files(out_dir, dataset: str, splits: dict[str, list[QuestionR
     atomic_write_text(out_dir / f"LUT_{dataset}.json", json.dumps(lut, indent=1))
     dictionary.save(out_dir / f"dictionary_{dataset}.json")
     return summary
+
+
+def preprocess_main(dataset: str, read_split, argv, doc: str, path_help: str) -> int:
+    """The command line both preprocessing scripts share: read train and val, write the tables."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--path", required=True, help=path_help)
+    parser.add_argument("--out", default=None, help="where to write the tables (default: --path)")
+    args = parser.parse_args(argv)
+    try:
+        path = Path(args.path)
+        splits = {split: read_split(path, split) for split in ("train", "val")}
+        summary = write_question_files(args.out or path, dataset, splits)
+    except VQADataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
 
 
 QUESTION_FIELDS = ("qid", "iid", "q", "a", "tokens", "qlen", "aidx", "ten_aidx", "atypeidx", "qtypeidx")

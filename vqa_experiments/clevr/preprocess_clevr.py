@@ -10,13 +10,11 @@ program (count, exist, compare_integer, compare_attribute, query_attribute).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
-from vqa_experiments.vqa_data import CLEVR_FUNCTION_TO_TYPE, QuestionRecord, VQADataError, read_json, \
-    write_question_files
+from vqa_experiments.vqa_data import CLEVR_FUNCTION_TO_TYPE, QuestionRecord, VQADataError, preprocess_main, \
+    read_json
 
 
 def clevr_image_id(split: str, image_index: int) -> int:
@@ -46,19 +44,7 @@ def read_split(path: Path, split: str) -> list[QuestionRecord]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--path", required=True, help="CLEVR_v1.0 folder (holds questions/ and images/)")
-    parser.add_argument("--out", default=None, help="where to write the tables (default: --path)")
-    args = parser.parse_args(argv)
-    try:
-        path = Path(args.path)
-        splits = {split: read_split(path, split) for split in ("train", "val")}
-        summary = write_question_files(args.out or path, "clevr", splits)
-    except VQADataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    return 0
+    return preprocess_main("clevr", read_split, argv, __doc__, "CLEVR_v1.0 folder (holds questions/ and images/)")
 
 
 if __name__ == "__main__":

@@ -9,12 +9,10 @@ first; TDIUC has 12 types), ``dictionary_tdiuc.json`` and ``{train,val}_tdiuc.np
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
-from vqa_experiments.vqa_data import QuestionRecord, VQADataError, read_json, write_question_files
+from vqa_experiments.vqa_data import QuestionRecord, VQADataError, preprocess_main, read_json
 
 
 def read_split(path: Path, split: str) -> list[QuestionRecord]:
@@ -41,19 +39,7 @@ def read_split(path: Path, split: str) -> list[QuestionRecord]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--path", required=True, help="TDIUC folder (holds Questions/, Annotations/, Images/)")
-    parser.add_argument("--out", default=None, help="where to write the tables (default: --path)")
-    args = parser.parse_args(argv)
-    try:
-        path = Path(args.path)
-        splits = {split: read_split(path, split) for split in ("train", "val")}
-        summary = write_question_files(args.out or path, "tdiuc", splits)
-    except VQADataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    return 0
+    return preprocess_main("tdiuc", read_split, argv, __doc__, "TDIUC folder (holds Questions/, Annotations/, Images/)")
 
 
 if __name__ == "__main__":

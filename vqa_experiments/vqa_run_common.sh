@@ -1,0 +1,35 @@
+# The part of run_clevr_experiment.sh and run_tdiuc_experiment.sh they share; they set the variables
+# and source this file from the repository root.
+export PYTHONUNBUFFERED=1
+
+device_args=()
+if [ -n "${DEVICE}" ]; then device_args=(--device "${DEVICE}"); fi
+
+if [ "${PREPARE}" = "1" ]; then
+  if [ -z "${WEIGHTS}" ]; then
+    echo "error: PREPARE=1 needs WEIGHTS=/path/to/${WEIGHTS_FILE} (torchvision's ImageNet ${TRUNK}; nothing is downloaded)" >&2
+    exit 2
+  fi
+  if [ ! -f "${DATA_PATH}/train_${DATASET}.npz" ]; then
+    "${PYTHON}" -m vqa_experiments.${DATASET}.preprocess_${DATASET} --path "${RAW_PATH}" --out "${DATA_PATH}"
+  fi
+  if [ ! -f "${DATA_PATH}/map_${DATASET}_${FEATURE_NAME}.json" ]; then
+    "${PYTHON}" -m vqa_experiments.${DATASET}.extract_image_features_${DATASET} --path "${RAW_PATH}" --out "${DATA_PATH}" \
+      --weights "${WEIGHTS}" "${device_args[@]}"
+  fi
+  if [ ! -f "${DATA_PATH}/all_${DATASET}_${FEATURE_NAME}pq_${DATA_ORDER}_codes.npy" ]; then
+    "${PYTHON}" -m vqa_experiments.${DATASET}.pq_encoding_${DATASET} --data_path "${DATA_PATH}" --data_order "${DATA_ORDER}" \
+      "${device_args[@]}"
+  fi
+fi
+
+# shellcheck disable=SC2086
+"${PYTHON}" -u -m vqa_experiments.vqa_trainer \
+  --config_name "${CONFIG}" \
+  --expt_name "${expt}" \
+  --data_path "${DATA_PATH}" \
+  --data_order "${DATA_ORDER}" \
+  --"${MODE}" \
+  --lr "${lr}" \
+  --output_dir "${OUTPUT_DIR}" \
+  "${device_args[@]}" ${EXTRA_ARGS}
