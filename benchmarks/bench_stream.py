@@ -447,8 +447,8 @@ def parse_args(argv=None):
                         help=f"buffer entries for the checkpoint timing, scaled to {IMAGENET_BUFFER:,} "
                              f"(default {IMAGENET_BUFFER:,})")
     parser.add_argument("--inserts", type=int, default=2000, help="timed inserts per buffer size (ours)")
-    parser.add_argument("--sections", nargs="+", default=["vqa", "encode", "stream", "buffer", "checkpoint"],
-                        choices=["vqa", "encode", "stream", "buffer", "checkpoint"])
+    parser.add_argument("--sections", nargs="+", default=["vqa", "vqa_batch", "encode", "stream", "buffer", "checkpoint"],
+                        choices=["vqa", "vqa_batch", "encode", "stream", "buffer", "checkpoint"])
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -494,6 +494,63 @@ def bench_vqa_disk(workdir: Path, seed: int, images: int = 16) -> dict:
     return out
 
 
+def bench_vqa_batch(device: torch.device, workdir: Path, seed: int, stored: int = 400, repeats: int = 20) -> dict:
+    """Time to build one VQA replay batch (the new question + 50 replays) as float feature maps on ``device``.
+
+    Ours: gather 51 code rows from the ReplayBuffer (on ``device``) and decode them by table lookup.
+    Reference, as the original: one read per item from float32 features on disk (a memory-mapped .npy
+    standing in for its h5 file, warm in the page cache after the first round), a collate copy, a copy
+    into a fresh tensor on the device (``merge_data``) and a reorder by question length.
+    """
+    rng = np.random.default_rng(seed)
+    out = {}
+    print(f"\n== VQA replay batch (51 maps) from {stored} stored images, ms (median of {repeats}; "
+          "reference reads a warm page cache, not a cold disk)")
+    print(f"{'dataset':<28} {'ours':>8} {'reference':>10} {'ratio':>7}")
+    for name, ((channels, height, width), _) in VQA_FEATURES.items():
+        codec = PQCodec(random_centroids_for(channels, seed), device=device)
+        buffer = ReplayBuffer((height, width, NUM_CODEBOOKS), num_classes=100, device=device)
+        codes = torch.from_numpy(rng.integers(0, CODEBOOK_SIZE, (stored, height, width, NUM_CODEBOOKS),
+                                              dtype=np.uint8))
+        buffer.add_batch(codes, rng.integers(0, 100, stored), np.arange(stored))
+        path = workdir / "vqa_floats.npy"
+        floats = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(stored, height * width, channels))
+        for start in range(0, stored, 50):  # the features the codes stand for
+            floats[start:start + 50] = codec.decode_maps(codes[start:start + 50]).flatten(2).transpose(1, 2).cpu()
+        floats.flush()
+        del floats
+        features = np.load(path, mmap_mode="r")
+        qlen = torch.from_numpy(rng.integers(4, 40, 51))
+
+        def ours():
+            slots = buffer.sample(51, rng)
+            batch_codes, _ = buffer.gather(slots)
+            return codec.decode_maps(batch_codes)
+
+        def reference():
+            rows = rng.choice(stored, 51, replace=False)
+            items = [torch.from_numpy(np.array(features[r])) for r in rows]  # __getitem__, one read per item
+            collated = torch.stack(items)                                       # default_collate
+            merged = torch.zeros(collated.shape, device=device)                 # merge_data
+            merged[:] = collated.to(device)
+            order = torch.sort(qlen.to(device), descending=True)[1]
+            merged = merged.index_select(0, order)
+            return merged.transpose(1, 2).reshape(51, channels, height, width)
+
+        t_ours = median_time(ours, repeats, device)
+        t_ref = median_time(reference, repeats, device)
+        out[name] = {"ours_ms": t_ours * 1e3, "reference_ms": t_ref * 1e3, "ratio": t_ref / t_ours}
+        print(f"{name:<28} {t_ours * 1e3:>8.2f} {t_ref * 1e3:>10.2f} {t_ref / t_ours:>6.2f}x")
+        del features
+        path.unlink()
+    return out
+
+
+def random_centroids_for(channels: int, seed: int) -> np.ndarray:
+    gen = np.random.default_rng(seed)
+    return gen.standard_normal((NUM_CODEBOOKS, CODEBOOK_SIZE, channels // NUM_CODEBOOKS), dtype=np.float32)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -514,6 +571,8 @@ def main(argv=None) -> int:
         workdir = Path(tmp)
         if "vqa" in args.sections:
             out["vqa_disk"] = bench_vqa_disk(workdir, args.seed)
+        if "vqa_batch" in args.sections:
+            out["vqa_batch"] = bench_vqa_batch(device, workdir, args.seed)
         if "encode" in args.sections:
             out["encode_ms"] = bench_encode(device, args.seed)
         if "stream" in args.sections:
