@@ -369,7 +369,7 @@ def bench_buffers(args, device: torch.device) -> tuple[dict, dict, ReplayBuffer]
     print(f"{'entries':>10} {'bytes/example':>14} {'raw codes':>10} {'ratio':>7}")
     for size, row in bytes_result.items():
         print(f"{int(size):>10,} {row['bytes_per_example']:14.1f} {RAW_BYTES:>10} {row['ratio_to_raw_1568']:7.4f}")
-    print(f"\n== Insert into a full buffer (evicts a random example of the largest class), microseconds per insert")
+    print("\n== Insert into a full buffer (evicts a random example of the largest class), microseconds per insert")
     print(f"{'entries':>10} {'ours med':>9} {'ours mean':>10} {'ours p99':>9} {'ref med':>10} {'ref mean':>10} "
           f"{'ref/ours':>9}")
     for size, row in evict_result.items():
@@ -541,8 +541,7 @@ def bench_vqa_batch(device: torch.device, workdir: Path, seed: int, stored: int 
         t_ref = median_time(reference, repeats, device)
         out[name] = {"ours_ms": t_ours * 1e3, "reference_ms": t_ref * 1e3, "ratio": t_ref / t_ours}
         print(f"{name:<28} {t_ours * 1e3:>8.2f} {t_ref * 1e3:>10.2f} {t_ref / t_ours:>6.2f}x")
-        del features
-        path.unlink()
+        path.unlink()  # the open memory map stays valid until the next dataset rebinds it
     return out
 
 
