@@ -902,3 +902,36 @@ def test_run_script_passes_its_variables_to_the_trainer(data, tmp_path, dataset)
     summary = load_json(tmp_path / "out" / "summary.json")
     assert summary["mode"] == "stream" and summary["data_order"] == "qtype"
     assert summary["config"]["lr"] == get_config("CLEVR_streaming" if dataset == "clevr" else "TDIUC_streaming").lr
+
+
+@pytest.mark.parametrize("dataset", ["clevr", "tdiuc"])
+def test_pq_encoding_straight_from_images_matches_the_feature_file_path(data, tmp_path, dataset):
+    """--images runs the trunk itself: the same codes, codebooks and map as extract + encode, no float file."""
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in (f"LUT_{dataset}.json", f"dictionary_{dataset}.json", f"train_{dataset}.npz", f"val_{dataset}.npz"):
+        shutil.copy(data.work[dataset] / name, work / name)
+    main = pq_encoding_clevr.main if dataset == "clevr" else pq_encoding_tdiuc.main
+    raw = data.raw / ("CLEVR_v1.0" if dataset == "clevr" else "TDIUC")
+    argv = ["--data_path", str(work), "--data_order", "qtype", "--codebook_size", str(CODEBOOK_SIZE),
+            "--num_codebooks", str(CODEBOOKS), "--device", "cpu", "--images", str(raw), "--random_init",
+            "--image_size", str(IMAGE_SIZE), "--batch_size", "32", "--num_workers", "0", "--model", "resnet18"]
+    assert main(argv) == 0
+    stem = FEATURE_FILE[dataset]
+    assert not (work / f"{stem}.npy").exists()
+    ours = np.load(work / f"{stem}pq_qtype_codes.npy")
+    reference = np.load(data.work[dataset] / f"{stem}pq_qtype_codes.npy")
+    assert ours.shape == reference.shape and np.array_equal(ours, reference)
+    assert torch.equal(load_state(work / f"{stem}pq_qtype_codec.pt")[0]["centroids"],
+                       load_state(data.work[dataset] / f"{stem}pq_qtype_codec.pt")[0]["centroids"])
+    assert (load_json(work / MAP_FILE[dataset])["image_id_to_ix"]
+            == load_json(data.work[dataset] / MAP_FILE[dataset])["image_id_to_ix"])
+    # A second run refuses to overwrite, and a work folder whose map lists other images is refused too.
+    before = snapshot(work)
+    assert main(argv) == 2 and snapshot(work) == before
+    mapping = load_json(work / MAP_FILE[dataset])
+    mapping["image_id_to_ix"] = dict(list(mapping["image_id_to_ix"].items())[1:])
+    (work / MAP_FILE[dataset]).write_text(json.dumps(mapping))
+    for path in work.glob(f"{stem}pq_qtype_*"):
+        path.unlink()
+    assert main(argv) == 2

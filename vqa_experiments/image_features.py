@@ -82,36 +82,54 @@ class ImageList(torch.utils.data.Dataset):
         return (x - self.mean) / self.std
 
 
-def extract(dataset: str, images: list[tuple[int, Path]], out_dir, arch: str, stage: int, weights: str | None,
-            random_init: bool, image_size: int, batch_size: int, num_workers: int, device: str, dtype: str,
-            overwrite: bool) -> dict:
-    """Write ``all_{dataset}_{feat}.npy`` (N, H, W, C) and ``map_{dataset}_{feat}.json``; return a summary."""
+def check_images(images: list[tuple[int, Path]]) -> list[int]:
     if not images:
         raise VQADataError("no images found; check --path")
     ids = [iid for iid, _ in images]
     if len(set(ids)) != len(ids):
         raise VQADataError("two images have the same image id; check the image folders")
+    return ids
+
+
+def image_map(ids: list[int], feature_shape, image_size: int, arch: str, stage: int, weights: str | None) -> dict:
+    """The map file's contents: image id -> row of the feature and code arrays, and how the rows were made."""
+    return {"image_id_to_ix": {str(i): row for row, i in enumerate(ids)},
+            "image_ix_to_id": {str(row): str(i) for row, i in enumerate(ids)},
+            "feature_shape": list(feature_shape), "image_size": image_size, "arch": arch, "stage": stage,
+            "weights": weights or "random_init"}
+
+
+def trunk_batches(trunk: nn.Module, paths: list[Path], image_size: int, batch_size: int, num_workers: int,
+                  device: str, desc: str):
+    """Feature maps ``(B, H, W, C)`` on ``device``, batch by batch, in the order of ``paths``."""
+    loader = torch.utils.data.DataLoader(ImageList(paths, image_size), batch_size=batch_size, num_workers=num_workers)
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=desc, unit="batch", file=sys.stdout, disable=None):
+            yield trunk(batch.to(device)).permute(0, 2, 3, 1)
+
+
+def extract(dataset: str, images: list[tuple[int, Path]], out_dir, arch: str, stage: int, weights: str | None,
+            random_init: bool, image_size: int, batch_size: int, num_workers: int, device: str, dtype: str,
+            overwrite: bool) -> dict:
+    """Write ``all_{dataset}_{feat}.npy`` (N, H, W, C) and ``map_{dataset}_{feat}.json``; return a summary."""
+    ids = check_images(images)
     paths = feature_paths(out_dir, dataset)
     for key in ("features", "map"):
         if paths[key].exists() and not overwrite:
             raise VQADataError(f"{paths[key]} exists; pass --overwrite to replace it")
     trunk = build_trunk(arch, stage, weights, random_init).to(device)
-    loader = torch.utils.data.DataLoader(ImageList([p for _, p in images], image_size), batch_size=batch_size,
-                                         num_workers=num_workers)
     paths["features"].parent.mkdir(parents=True, exist_ok=True)
     tmp = paths["features"].with_name(f".{paths['features'].name}.tmp.npy")
     features = None
     start = 0
     try:
-        with torch.no_grad():
-            for batch in tqdm(loader, desc=f"{arch} {dataset} features", unit="batch", file=sys.stdout,
-                              disable=None):
-                maps = trunk(batch.to(device)).permute(0, 2, 3, 1).cpu().numpy()
-                if features is None:
-                    features = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype),
-                                                         shape=(len(images), *maps.shape[1:]))
-                features[start:start + len(maps)] = maps
-                start += len(maps)
+        for maps in trunk_batches(trunk, [p for _, p in images], image_size, batch_size, num_workers, device,
+                                  f"{arch} {dataset} features"):
+            if features is None:
+                features = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype),
+                                                     shape=(len(images), *maps.shape[1:]))
+            features[start:start + len(maps)] = maps.cpu().numpy()
+            start += len(maps)
         features.flush()
         shape = list(features.shape)
         del features
@@ -120,18 +138,12 @@ def extract(dataset: str, images: list[tuple[int, Path]], out_dir, arch: str, st
         if tmp.exists():
             tmp.unlink()
         raise
-    mapping = {"image_id_to_ix": {str(i): row for row, i in enumerate(ids)},
-               "image_ix_to_id": {str(row): str(i) for row, i in enumerate(ids)},
-               "feature_shape": shape[1:], "image_size": image_size, "arch": arch, "stage": stage,
-               "weights": weights or "random_init"}
-    atomic_write_text(paths["map"], json.dumps(mapping))
+    atomic_write_text(paths["map"], json.dumps(image_map(ids, shape[1:], image_size, arch, stage, weights)))
     return {"images": len(images), "feature_shape": shape[1:], "bytes": int(np.prod(shape)) * np.dtype(dtype).itemsize,
             "features": str(paths["features"]), "map": str(paths["map"])}
 
 
-def add_arguments(parser: argparse.ArgumentParser, arch: str, stage: int) -> None:
-    parser.add_argument("--path", required=True, help="dataset folder holding the images")
-    parser.add_argument("--out", default=None, help="work folder for the features (default: --path)")
+def add_trunk_arguments(parser: argparse.ArgumentParser, arch: str, stage: int) -> None:
     parser.add_argument("--weights", default=None, help=f"torchvision {arch} .pth file (or your own trained trunk)")
     parser.add_argument("--random_init", action="store_true", help="randomly initialised trunk (demo/smoke test)")
     parser.add_argument("--model", default=arch, choices=["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])
@@ -139,6 +151,12 @@ def add_arguments(parser: argparse.ArgumentParser, arch: str, stage: int) -> Non
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--num_workers", type=int, default=2)
+
+
+def add_arguments(parser: argparse.ArgumentParser, arch: str, stage: int) -> None:
+    parser.add_argument("--path", required=True, help="dataset folder holding the images")
+    parser.add_argument("--out", default=None, help="work folder for the features (default: --path)")
+    add_trunk_arguments(parser, arch, stage)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"],
                         help="on-disk precision of the features (float16 halves the disk PQ training needs)")

@@ -6,6 +6,13 @@ The base-init images are those of the trainer's first segment (iid: the first
 the same function the trainer uses, so the codec never sees later data.
 The original stored the *decoded* float features (140 GB for CLEVR, 170 GB
 for TDIUC); we store the codes plus the codebooks and decode when training.
+
+Two inputs: the float features of ``extract_image_features_*`` (``all_*.npy``),
+or, with ``--images <dataset folder>`` and the trunk's flags, the images
+themselves: the trunk then runs over the base-init images (sampling PQ's
+training vectors in memory) and over all images again (writing codes), so no
+float feature file is ever written. Same codes for the same features, a
+fraction of the disk.
 """
 from __future__ import annotations
 
@@ -21,8 +28,9 @@ import torch
 from remind.checkpoint import CheckpointError, save_state
 from remind.pq import PQCodec, check_pq_shape
 from vqa_experiments.configs import default_config
-from vqa_experiments.vqa_data import VQADataError, base_init_image_ids, feature_paths, image_rows, load_image_map, \
-    load_lut, load_questions, stream_order
+from vqa_experiments.image_features import add_trunk_arguments, build_trunk, check_images, image_map, trunk_batches
+from vqa_experiments.vqa_data import VQADataError, atomic_write_text, base_init_image_ids, feature_paths, \
+    image_rows, load_image_map, load_lut, load_questions, stream_order
 
 
 def sample_training_vectors(features: np.ndarray, rows: np.ndarray, count: int, rng: np.random.Generator,
@@ -62,7 +70,7 @@ def encode_all(features: np.ndarray, codec: PQCodec, out_path: Path, chunk_image
     return np.load(out_path, mmap_mode="r")
 
 
-def run(dataset: str, argv=None, doc: str = __doc__) -> int:
+def run(dataset: str, argv=None, doc: str = __doc__, images_fn=None, arch: str = "resnet101", stage: int = 3) -> int:
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_path", required=True, help="work folder (preprocessed questions and features)")
     parser.add_argument("--data_order", required=True, choices=["iid", "qtype"])
@@ -75,14 +83,108 @@ def run(dataset: str, argv=None, doc: str = __doc__) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")
+    group = parser.add_argument_group("encoding straight from the images (no float feature file)")
+    group.add_argument("--images", default=None, help="the dataset folder holding the images")
+    add_trunk_arguments(group, arch, stage)
     args = parser.parse_args(argv)
     try:
-        summary = encode_dataset(dataset, args)
+        if args.images is None:
+            summary = encode_dataset(dataset, args)
+        else:
+            summary = encode_from_images(dataset, args, images_fn(Path(args.images)))
     except (VQADataError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def base_init_ids(dataset: str, args, id_to_row: dict[int, int], map_source) -> np.ndarray:
+    """Image ids of the order's base-init questions; every training image must be in ``id_to_row``."""
+    train = load_questions(args.data_path, dataset, "train")
+    lut = load_lut(args.data_path, dataset)
+    num_classes = args.num_classes or default_config(dataset).num_classes
+    order = stream_order(train, args.data_order, min(num_classes, len(lut["a2idx"])), list(lut["qtype2idx"]))
+    image_rows(train, id_to_row, "train", map_source)
+    return base_init_image_ids(train, order)
+
+
+def write_codebooks(paths: dict, codec: PQCodec, dataset: str, args, base_images: int, vectors: int, shape) -> None:
+    save_state(paths["codec"], {"centroids": codec.centroids.cpu()},
+               {"dataset": dataset, "data_order": args.data_order, "base_init_images": int(base_images),
+                "train_vectors": int(vectors), "feature_shape": list(shape)})
+
+
+def storage_report(paths: dict, n: int, feature_shape, code_shape) -> dict:
+    float_bytes = n * int(np.prod(feature_shape)) * 4
+    codes_only, codec_bytes = os.path.getsize(paths["codes"]), os.path.getsize(paths["codec"])
+    code_bytes = codes_only + codec_bytes
+    per_image = int(np.prod(code_shape))
+    print(f"| storage | bytes | bytes per image |\n|---|---|---|\n"
+          f"| float32 features (what the original stored) | {float_bytes:,} | {float_bytes // n:,} |\n"
+          f"| uint8 codes (ours) | {codes_only:,} | {per_image:,} |\n"
+          f"| codebooks (ours, once) | {codec_bytes:,} | |\n"
+          f"codes + codebooks are {float_bytes / code_bytes:.1f}x smaller than float32 features "
+          f"({float_bytes / n / per_image:.0f}x per image)")
+    return {"images": n, "codes": str(paths["codes"]), "codec": str(paths["codec"]), "code_shape": list(code_shape),
+            "float32_bytes": float_bytes, "code_bytes": code_bytes, "ratio": round(float_bytes / code_bytes, 2)}
+
+
+def encode_from_images(dataset: str, args, images: list) -> dict:
+    """PQ from the trunk's output directly: no float feature file is written."""
+    paths = feature_paths(args.data_path, dataset, args.data_order)
+    for key in ("codes", "codec"):
+        if paths[key].exists() and not args.overwrite:
+            raise VQADataError(f"{paths[key]} exists; pass --overwrite to replace it")
+    ids = check_images(images)
+    id_to_row = {iid: row for row, iid in enumerate(ids)}
+    if paths["map"].exists() and load_image_map(paths["map"]) != id_to_row and not args.overwrite:
+        raise VQADataError(f"{paths['map']} lists other images than {args.images}; pass --overwrite to replace "
+                           "it (features and codes made from the old list will no longer match)")
+    base_rows = np.sort(np.array([id_to_row[int(i)] for i in base_init_ids(dataset, args, id_to_row, args.images)]))
+    trunk = build_trunk(args.model, args.model_stage, args.weights, args.random_init).to(args.device)
+    batches = dict(image_size=args.image_size, batch_size=args.batch_size, num_workers=args.num_workers,
+                   device=args.device)
+    rng = np.random.default_rng(args.seed)
+    count = args.train_vectors or 256 * args.codebook_size
+    vectors, flat, hw, done = [], None, None, 0
+    for maps in trunk_batches(trunk, [images[r][1] for r in base_rows], desc="base-init images", **batches):
+        if flat is None:  # the same draw sample_training_vectors makes from a feature file
+            hw, channels = maps.shape[1] * maps.shape[2], maps.shape[3]
+            check_pq_shape(channels, args.num_codebooks, args.codebook_size)
+            total = len(base_rows) * hw
+            flat = np.arange(total) if total <= count else np.sort(rng.choice(total, size=count, replace=False))
+        lo, hi = np.searchsorted(flat, [done * hw, (done + len(maps)) * hw])
+        local = torch.from_numpy(flat[lo:hi] - done * hw).to(maps.device)
+        vectors.append(maps.reshape(-1, maps.shape[-1]).index_select(0, local).float().cpu().numpy())
+        done += len(maps)
+    vectors = np.concatenate(vectors)
+    print(f"training PQ ({args.num_codebooks} codebooks x {args.codebook_size}) on {len(vectors)} vectors from "
+          f"{len(base_rows)} base-init images ({args.data_order} order)", flush=True)
+    codec = PQCodec.train(vectors, args.num_codebooks, args.codebook_size, seed=args.seed, device=args.device)
+    tmp = paths["codes"].with_name(f".{paths['codes'].name}.tmp.npy")
+    codes, start = None, 0
+    try:
+        for maps in trunk_batches(trunk, [p for _, p in images], desc="encoding all images", **batches):
+            b, h, w, c = maps.shape
+            if codes is None:
+                codes = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(images), h, w,
+                                                                                        codec.num_codebooks))
+                feature_shape = (h, w, c)
+            codes[start:start + b] = codec.encode(maps.reshape(-1, c)).reshape(b, h, w, -1).cpu().numpy()
+            start += b
+        codes.flush()
+        code_shape = codes.shape[1:]
+        del codes
+        os.replace(tmp, paths["codes"])
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
+    write_codebooks(paths, codec, dataset, args, len(base_rows), len(vectors), feature_shape)
+    atomic_write_text(paths["map"], json.dumps(image_map(ids, feature_shape, args.image_size, args.model,
+                                                         args.model_stage, args.weights)))
+    return storage_report(paths, len(images), feature_shape, code_shape)
 
 
 def encode_dataset(dataset: str, args) -> dict:
@@ -98,12 +200,7 @@ def encode_dataset(dataset: str, args) -> dict:
     id_to_row = load_image_map(paths["map"])
     if len(id_to_row) != len(features):
         raise VQADataError(f"{paths['map']} maps {len(id_to_row)} images, {paths['features']} has {len(features)}")
-    train = load_questions(args.data_path, dataset, "train")
-    lut = load_lut(args.data_path, dataset)
-    num_classes = args.num_classes or default_config(dataset).num_classes
-    order = stream_order(train, args.data_order, min(num_classes, len(lut["a2idx"])), list(lut["qtype2idx"]))
-    base_ids = base_init_image_ids(train, order)
-    image_rows(train, id_to_row, "train", paths["map"])  # every training image must have features
+    base_ids = base_init_ids(dataset, args, id_to_row, paths["map"])
     rows = np.array([id_to_row[int(i)] for i in base_ids], dtype=np.int64)
     rng = np.random.default_rng(args.seed)
     count = args.train_vectors or 256 * args.codebook_size
@@ -112,18 +209,5 @@ def encode_dataset(dataset: str, args) -> dict:
           f"{len(rows)} base-init images ({args.data_order} order)", flush=True)
     codec = PQCodec.train(vectors, args.num_codebooks, args.codebook_size, seed=args.seed, device=args.device)
     codes = encode_all(features, codec, paths["codes"])
-    save_state(paths["codec"], {"centroids": codec.centroids.cpu()},
-               {"dataset": dataset, "data_order": args.data_order, "base_init_images": int(len(rows)),
-                "train_vectors": int(len(vectors)), "feature_shape": list(features.shape[1:])})
-    float_bytes = int(np.prod(features.shape)) * 4
-    codes_only, codec_bytes = os.path.getsize(paths["codes"]), os.path.getsize(paths["codec"])
-    code_bytes = codes_only + codec_bytes
-    n = len(features)
-    print(f"| storage | bytes | bytes per image |\n|---|---|---|\n"
-          f"| float32 features (what the original stored) | {float_bytes:,} | {float_bytes // n:,} |\n"
-          f"| uint8 codes (ours) | {codes_only:,} | {int(np.prod(codes.shape[1:])):,} |\n"
-          f"| codebooks (ours, once) | {codec_bytes:,} | |\n"
-          f"codes + codebooks are {float_bytes / code_bytes:.1f}x smaller than float32 features "
-          f"({float_bytes / n / np.prod(codes.shape[1:]):.0f}x per image)")
-    return {"images": n, "codes": str(paths["codes"]), "codec": str(paths["codec"]), "code_shape": list(codes.shape[1:]),
-            "float32_bytes": float_bytes, "code_bytes": code_bytes, "ratio": round(float_bytes / code_bytes, 2)}
+    write_codebooks(paths, codec, dataset, args, len(rows), len(vectors), features.shape[1:])
+    return storage_report(paths, len(features), features.shape[1:], codes.shape[1:])

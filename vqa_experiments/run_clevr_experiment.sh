@@ -3,8 +3,9 @@
 # the environment, e.g.
 #   DATA_PATH=/data/CLEVR DATA_ORDER=iid ./vqa_experiments/run_clevr_experiment.sh
 # DATA_PATH must hold the preprocessed questions and the PQ codes of DATA_ORDER (README: "Streaming VQA").
-# With PREPARE=1 the script first runs preprocessing, ResNet-101 feature extraction (WEIGHTS=.../resnet101-63fe2227.pth)
-# and PQ encoding on RAW_PATH. Running it again resumes after the last evaluated boundary.
+# With PREPARE=1 (and WEIGHTS=.../resnet101-63fe2227.pth) the script first preprocesses RAW_PATH and then writes
+# the PQ codes straight from the images through the ResNet-101 trunk (no float feature file); each step is
+# skipped when its output exists. Running it again resumes after the last evaluated boundary.
 set -euo pipefail
 
 lr=${lr:-${LR:-3e-4}}

@@ -3,8 +3,9 @@
 # the environment, e.g.
 #   DATA_PATH=/data/TDIUC DATA_ORDER=iid ./vqa_experiments/run_tdiuc_experiment.sh
 # DATA_PATH must hold the preprocessed questions and the PQ codes of DATA_ORDER (README: "Streaming VQA").
-# With PREPARE=1 the script first runs preprocessing, ResNet-152 feature extraction (WEIGHTS=.../resnet152-394f9c45.pth)
-# and PQ encoding on RAW_PATH. Running it again resumes after the last evaluated boundary.
+# With PREPARE=1 (and WEIGHTS=.../resnet152-394f9c45.pth) the script first preprocesses RAW_PATH and then writes
+# the PQ codes straight from the images through the ResNet-152 trunk (no float feature file); each step is
+# skipped when its output exists. Running it again resumes after the last evaluated boundary.
 set -euo pipefail
 
 lr=${lr:-${LR:-2e-3}}

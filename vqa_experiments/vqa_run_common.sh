@@ -13,13 +13,10 @@ if [ "${PREPARE}" = "1" ]; then
   if [ ! -f "${DATA_PATH}/train_${DATASET}.npz" ]; then
     "${PYTHON}" -m vqa_experiments.${DATASET}.preprocess_${DATASET} --path "${RAW_PATH}" --out "${DATA_PATH}"
   fi
-  if [ ! -f "${DATA_PATH}/map_${DATASET}_${FEATURE_NAME}.json" ]; then
-    "${PYTHON}" -m vqa_experiments.${DATASET}.extract_image_features_${DATASET} --path "${RAW_PATH}" --out "${DATA_PATH}" \
-      --weights "${WEIGHTS}" "${device_args[@]}"
-  fi
   if [ ! -f "${DATA_PATH}/all_${DATASET}_${FEATURE_NAME}pq_${DATA_ORDER}_codes.npy" ]; then
-    "${PYTHON}" -m vqa_experiments.${DATASET}.pq_encoding_${DATASET} --data_path "${DATA_PATH}" --data_order "${DATA_ORDER}" \
-      "${device_args[@]}"
+    # Straight from the images: the trunk runs twice (base-init images, then all), no float feature file.
+    "${PYTHON}" -m vqa_experiments.${DATASET}.pq_encoding_${DATASET} --data_path "${DATA_PATH}" \
+      --data_order "${DATA_ORDER}" --images "${RAW_PATH}" --weights "${WEIGHTS}" "${device_args[@]}"
   fi
 fi
 
