@@ -16,8 +16,8 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/python -m image_classification_experiments.digits_demo --out results/demo
 
+# The VQA models run thousands of small ops per step: sleeping OpenMP threads (PASSIVE) make them 2x slower.
 demo-vqa: $(STAMP)
-	# The VQA models run thousands of small ops per step: sleeping OpenMP threads (PASSIVE) make it 2x slower.
 	env -u OMP_WAIT_POLICY $(VENV)/bin/python -m vqa_experiments.vqa_demo --out results/demo-vqa --data data/demo-vqa
 
 test: $(STAMP)
