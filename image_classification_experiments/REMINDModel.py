@@ -67,9 +67,8 @@ class REMINDModel:
         self.classifier_G = build_trunk(classifier_G, classifier_ckpt, extract_features_from,
                                         num_classes).to(self.device)
         self.classifier_F = build_plastic(classifier_F, classifier_ckpt, num_classes).to(self.device)
-        # Fused SGD: same update, about half the time of the default on this CPU.
-        self.optimizer = torch.optim.SGD(self.classifier_F.parameters(), lr=start_lr, momentum=0.9,
-                                         weight_decay=weight_decay, fused=True)
+        self.start_lr = start_lr
+        self.reset_optimizer()
         self.criterion = nn.CrossEntropyLoss(reduction="none")
 
         self.lr_mode, self.start_lr = lr_mode, start_lr
@@ -235,6 +234,12 @@ class REMINDModel:
         for images, labels, ids in tqdm(curr_loader, desc="offline: encode", disable=not verbose, leave=False):
             codes = self.pq.encode_maps(self._features(images), self.pq_backend)
             self.replay_buffer.add_batch(codes, labels.numpy(), ids.numpy())
+
+    def reset_optimizer(self) -> None:
+        """The streaming optimizer over F, without momentum history."""
+        # Fused SGD: same update, about half the time of the default on this CPU.
+        self.optimizer = torch.optim.SGD(self.classifier_F.parameters(), lr=self.start_lr, momentum=0.9,
+                                         weight_decay=self.weight_decay, fused=True)
 
     def fit_offline(self, epochs: int, batch_size: int = 256, lr: float = 0.1, verbose: bool = True) -> float:
         """Offline upper bound: a fresh F (from the base-init checkpoint) trained on the whole buffer.

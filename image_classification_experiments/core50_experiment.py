@@ -48,6 +48,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--base_init_fraction", type=float, default=0.1,
                    help="fraction of the stream used for base initialisation (0.1)")
     g.add_argument("--eval_fraction", type=float, default=0.1, help="evaluate after every this much of the stream (0.1)")
+    g.add_argument("--base_init_epochs", type=int, default=10,
+                   help="epochs of offline training of F (its 10-way head included) on the base-init frames' "
+                        "codes before streaming; 0 streams from F as loaded, with an untrained head (10)")
+    g.add_argument("--base_init_batch_size", type=int, default=256, help="base-init mini-batch size (256)")
+    g.add_argument("--base_init_lr", type=float, default=0.1,
+                   help="base-init start LR, cosine-decayed to 0 over the epochs (0.1)")
     g.add_argument("--expt_name", type=str, default="remind_core50", help="experiment name (remind_core50)")
     g.add_argument("--save_dir", type=str, default=None,
                    help="results folder (default streaming_experiments/<expt_name>_<order>_seed<k>); reruns resume")
@@ -65,6 +71,8 @@ def validate_args(args) -> None:
     for name in ("base_init_fraction", "eval_fraction"):
         if not 0 < getattr(args, name) <= 1:
             raise DataError(f"--{name} {getattr(args, name)} must be in (0, 1]")
+    if args.base_init_epochs < 0 or args.base_init_batch_size < 1 or args.base_init_lr <= 0:
+        raise DataError("--base_init_epochs must be >= 0, --base_init_batch_size >= 1 and --base_init_lr > 0")
     if args.rehearsal_samples < 0 or args.batch_size < 1 or args.image_size < 32:
         raise DataError("--rehearsal_samples must be >= 0, --batch_size >= 1 and --image_size >= 32")
     args.spatial_feat_dim = None  # read by imagenet_experiment.check_feature_shape
@@ -185,6 +193,13 @@ def start_or_resume(args, remind, train, test, stream, base_count, points, model
         return done, resume(args, remind, done, model_dir, run_key)["accuracies"]
     print(f"base initialisation on the first {base_count} of {len(stream)} frames ({args.order} order)")
     remind.fit_pq(core50_loader(train, stream[:base_count], args.batch_size, args.image_size, args.num_workers))
+    if args.base_init_epochs:
+        # F's 10-way head starts random: train F offline on the base-init codes (the buffer holds exactly them),
+        # then stream with a fresh optimizer, as after the ImageNet base initialisation.
+        loss = remind.fit_offline(args.base_init_epochs, args.base_init_batch_size, args.base_init_lr)
+        remind.reset_optimizer()
+        print(f"base init: F trained {args.base_init_epochs} epochs on {len(remind.replay_buffer)} frames, "
+              f"last-epoch loss {loss:.4f}")
     accuracies = {k: [] for k in ACCURACY_KEYS}
     seen = np.unique(train.labels[stream[:base_count]])
     probas = evaluate(args, remind, test, seen, seen, accuracies)

@@ -21,6 +21,7 @@ DEVICE=${DEVICE:-}                                      # cuda or cpu; empty = c
 
 FRAME_STRIDE=${FRAME_STRIDE:-20}                        # 20 = 1 frame per second of the 20 fps videos
 BASE_INIT_FRACTION=${BASE_INIT_FRACTION:-0.1}
+BASE_INIT_EPOCHS=${BASE_INIT_EPOCHS:-10}                # epochs of F on the base-init codes (0 = head as loaded)
 EVAL_FRACTION=${EVAL_FRACTION:-0.1}
 REPLAY_SAMPLES=${REPLAY_SAMPLES:-50}
 MAX_BUFFER_SIZE=${MAX_BUFFER_SIZE:-}                    # empty = keep every streamed frame
@@ -40,6 +41,7 @@ common=(
   --data_dir "${CORE50_DIR}"
   --frame_stride "${FRAME_STRIDE}"
   --base_init_fraction "${BASE_INIT_FRACTION}"
+  --base_init_epochs "${BASE_INIT_EPOCHS}"
   --eval_fraction "${EVAL_FRACTION}"
   --rehearsal_samples "${REPLAY_SAMPLES}"
   --num_codebooks "${NUM_CODEBOOKS}"

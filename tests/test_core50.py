@@ -170,3 +170,21 @@ def test_torchvision_style_checkpoint_gets_a_10_way_fc(tree, tmp_path):
     adapted = ce.adapted_checkpoint(args)
     assert adapted["model.fc.weight"].shape == (10, 512)
     assert torch.equal(adapted["model.layer4.1.conv1.weight"], torch.load(ckpt)["layer4.1.conv1.weight"])
+
+
+def test_base_init_trains_f_on_the_base_frames(tree, tmp_path, capsys):
+    """With --base_init_epochs, F (and its random 10-way head) is trained on the base-init codes before the
+    first evaluation; with 0 it is evaluated as loaded."""
+    first_eval = {}
+    for epochs in (0, 8):
+        save_dir = tmp_path / f"epochs{epochs}"
+        argv = ["--data_dir", str(tree), "--order", "iid", "--permutation_seed", "1", "--frame_stride", "2",
+                "--image_size", "64", "--num_workers", "0", "--device", "cpu", "--codebook_size", "16",
+                "--rehearsal_samples", "3", "--eval_fraction", "1.0", "--base_init_fraction", "0.5",
+                "--base_init_epochs", str(epochs), "--base_init_batch_size", "16", "--save_dir", str(save_dir)]
+        assert ce.main(argv) == 0
+        out = capsys.readouterr().out
+        assert ("base init: F trained" in out) == (epochs > 0)
+        result = sorted(save_dir.glob("core50_iid_accuracies_*.json"))[-1]
+        first_eval[epochs] = json.loads(result.read_text())["seen_classes_top1"][0]
+    assert first_eval[8] > first_eval[0] + 20, first_eval
