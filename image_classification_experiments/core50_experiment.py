@@ -28,7 +28,7 @@ from image_classification_experiments.resnet_models import build_full_network, l
 from image_classification_experiments.utils_core50 import (NUM_CATEGORIES, ORDERINGS, Core50Split, core50_loader,
                                                            load_core50, stream_order)
 from image_classification_experiments.utils_imagenet import DataError, examples_per_class
-from remind.checkpoint import CheckpointError, atomic_torch_save
+from remind.checkpoint import CheckpointError, atomic_torch_save, atomic_write_text
 from remind.metrics import topk_accuracy
 from remind.pq import check_pq_shape
 
@@ -174,9 +174,7 @@ def evaluate(args, remind: REMINDModel, test: Core50Split, seen: np.ndarray, bas
 def write_results(args, accuracies: dict, probas: np.ndarray, frames: list[int]) -> None:
     save_dir, count = Path(args.save_dir), frames[len(accuracies["seen_classes_top1"]) - 1]
     stem = f"core50_{args.order}_%s_min_trained_0_max_trained_{count}"
-    tmp = save_dir / f".{stem % 'accuracies'}.tmp"
-    tmp.write_text(json.dumps(accuracies))
-    tmp.replace(save_dir / f"{stem % 'accuracies'}.json")
+    atomic_write_text(save_dir / f"{stem % 'accuracies'}.json", json.dumps(accuracies))
     atomic_torch_save(torch.from_numpy(probas), save_dir / f"{stem % 'preds'}.pth")
     ie.reporting.plot_accuracies({f"REMIND {args.order} seed {args.permutation_seed}": accuracies}, frames,
                                  save_dir / f"core50_{args.order}_accuracy_curve.png",
@@ -240,7 +238,7 @@ def main(argv=None) -> int:
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)
         remind = prepare_model(args, adapted)
         ie.check_feature_shape(args, remind)
-        print(f"git commit {ie.git_commit()}; {len(train)} training and {len(test)} test frames; arguments:\n"
+        print(f"git commit {ie.reporting.git_commit()}; {len(train)} training and {len(test)} test frames; arguments:\n"
               + json.dumps({k: v for k, v in vars(args).items() if k not in ("lr_examples", "feature_shape")},
                            indent=2, sort_keys=True))
         streaming(args, remind, train, test)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from remind import reporting
 from image_classification_experiments.REMINDModel import REMINDModel, default_device
 from image_classification_experiments.utils_imagenet import (DataError, check_class_range, default_num_workers,
                                                              examples_per_class, get_data_loader, load_labels)
-from remind.checkpoint import CheckpointError, atomic_torch_save
+from remind.checkpoint import CheckpointError, atomic_torch_save, atomic_write_text
 from remind.metrics import topk_accuracy
 from remind.pq import check_pq_shape
 
@@ -206,9 +205,7 @@ def record_accuracies(args, probas: np.ndarray, labels: np.ndarray, accuracies: 
 def write_results(args, accuracies: dict, probas: np.ndarray, max_class: int) -> None:
     save_dir = Path(args.save_dir)
     name = f"accuracies_min_trained_{args.min_class}_max_trained_{max_class}.json"
-    tmp = save_dir / f".{name}.tmp"
-    tmp.write_text(json.dumps(accuracies))
-    tmp.replace(save_dir / name)
+    atomic_write_text(save_dir / name, json.dumps(accuracies))
     atomic_torch_save(torch.from_numpy(probas),
                       save_dir / f"preds_min_trained_{args.min_class}_max_trained_{max_class}.pth")
     reporting.plot_accuracies({args.expt_name: accuracies}, reporting.classes_seen(args, accuracies),
@@ -295,14 +292,6 @@ def streaming(args, remind: REMINDModel) -> dict:
     return accuracies
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
@@ -312,7 +301,7 @@ def main(argv=None) -> int:
         remind = build_model(args)  # reads the checkpoint: fails here, before writing, if it is bad
         check_feature_shape(args, remind)
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)
-        print(f"git commit {git_commit()}; arguments:\n"
+        print(f"git commit {reporting.git_commit()}; arguments:\n"
               + json.dumps({k: v for k, v in vars(args).items() if k != "lr_examples"}, indent=2, sort_keys=True))
         streaming(args, remind)
     except (DataError, CheckpointError, ValueError) as exc:

@@ -12,7 +12,6 @@ order, the position of its class in the order file.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from image_classification_experiments.utils_imagenet import DataError, _scan_folder
+from remind.checkpoint import atomic_write
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -57,12 +57,7 @@ def ordered_labels(folder: str, order: list[str]) -> np.ndarray:
 
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
 
 
 def make_label_files(data: str, class_order_file: str, labels_dir: str) -> dict[str, np.ndarray]:

@@ -13,17 +13,17 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, corrupt or of the wrong kind."""
 
 
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``.
+def atomic_write(path: str | os.PathLike, write, mode: str = "wb") -> None:
+    """Call ``write(handle)`` on a temporary file in ``path``'s folder, fsync, then rename it over ``path``.
 
-    A crash mid-write leaves the previous file (if any) untouched.
+    A crash mid-write leaves the previous file (if any) untouched. ``mode`` is ``"wb"`` or ``"w"``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+        with os.fdopen(fd, mode) as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         umask = os.umask(0)
@@ -34,6 +34,16 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` through :func:`atomic_write`."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Text (JSON, CSV, Markdown) through :func:`atomic_write`."""
+    atomic_write(path, lambda handle: handle.write(text), mode="w")
 
 
 def safe_load(path: str | os.PathLike, what: str = "checkpoint", map_location="cpu"):

@@ -1,6 +1,7 @@
 """Tables and plots of accuracy against a stream position (classes seen, questions seen), shared by all experiments."""
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import matplotlib
@@ -50,3 +51,12 @@ def plot_accuracies(runs: dict[str, dict], classes: list[int], path: str | Path,
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     tmp.replace(path)
+
+
+def git_commit() -> str:
+    """The checkout's short commit hash, printed at the top of every run's log ("unknown" outside git)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

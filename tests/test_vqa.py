@@ -54,7 +54,7 @@ def quiet_and_single_threaded():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(vqa_trainer, "git_commit", lambda: "test")
+        mp.setattr(vqa_trainer.reporting, "git_commit", lambda: "test")
         yield
     torch.set_num_threads(threads)
 

@@ -14,8 +14,8 @@ trunk (for smoke tests and the offline demo only).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -26,8 +26,8 @@ import torchvision
 from PIL import Image
 from tqdm import tqdm
 
-from remind.checkpoint import CheckpointError, safe_load
-from vqa_experiments.vqa_data import VQADataError, atomic_write_text, feature_paths
+from remind.checkpoint import CheckpointError, atomic_write_text, safe_load
+from vqa_experiments.vqa_data import VQADataError, atomic_npy, feature_paths
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -118,26 +118,15 @@ def extract(dataset: str, images: list[tuple[int, Path]], out_dir, arch: str, st
         if paths[key].exists() and not overwrite:
             raise VQADataError(f"{paths[key]} exists; pass --overwrite to replace it")
     trunk = build_trunk(arch, stage, weights, random_init).to(device)
-    paths["features"].parent.mkdir(parents=True, exist_ok=True)
-    tmp = paths["features"].with_name(f".{paths['features'].name}.tmp.npy")
-    features = None
-    start = 0
-    try:
-        for maps in trunk_batches(trunk, [p for _, p in images], image_size, batch_size, num_workers, device,
-                                  f"{arch} {dataset} features"):
-            if features is None:
-                features = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype),
-                                                     shape=(len(images), *maps.shape[1:]))
+    batches = trunk_batches(trunk, [p for _, p in images], image_size, batch_size, num_workers, device,
+                            f"{arch} {dataset} features")
+    first = next(batches)
+    shape = [len(images), *first.shape[1:]]
+    with atomic_npy(paths["features"], dtype, shape) as features:
+        start = 0
+        for maps in itertools.chain([first], batches):
             features[start:start + len(maps)] = maps.cpu().numpy()
             start += len(maps)
-        features.flush()
-        shape = list(features.shape)
-        del features
-        os.replace(tmp, paths["features"])
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
     atomic_write_text(paths["map"], json.dumps(image_map(ids, shape[1:], image_size, arch, stage, weights)))
     return {"images": len(images), "feature_shape": shape[1:], "bytes": int(np.prod(shape)) * np.dtype(dtype).itemsize,
             "features": str(paths["features"]), "map": str(paths["map"])}

@@ -45,6 +45,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from remind.checkpoint import atomic_write_text
+
 # CLEVR's own palette.
 COLORS: dict[str, tuple[int, int, int]] = {
     "gray": (87, 87, 87), "red": (173, 35, 35), "blue": (42, 75, 215), "green": (29, 105, 20),
@@ -593,17 +595,7 @@ def questions_for_scene(rng: np.random.Generator, scene: Scene, templates: Seque
 # -------------------------------------------------------------------------------------------- writing
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file next to ``path`` and move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_text(path, json.dumps(data))
 
 
 def _check_arguments(num_train_images: int, num_val_images: int, questions_per_image: int, image_size: int) -> None:

@@ -17,6 +17,7 @@ fraction of the disk.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -25,12 +26,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from remind.checkpoint import CheckpointError, save_state
+from remind.checkpoint import CheckpointError, atomic_write_text, save_state
 from remind.pq import PQCodec, check_pq_shape
 from vqa_experiments.configs import default_config
 from vqa_experiments.image_features import add_trunk_arguments, build_trunk, check_images, image_map, trunk_batches
-from vqa_experiments.vqa_data import VQADataError, atomic_write_text, base_init_image_ids, feature_paths, \
+from vqa_experiments.vqa_data import VQADataError, atomic_npy, base_init_image_ids, feature_paths, \
     image_rows, load_image_map, load_lut, load_questions, stream_order
+
+
+def draw_vector_indices(total: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted flat (image, location) indices of PQ's training vectors: all of them, or ``count`` distinct ones."""
+    return np.arange(total) if total <= count else np.sort(rng.choice(total, size=count, replace=False))
 
 
 def sample_training_vectors(features: np.ndarray, rows: np.ndarray, count: int, rng: np.random.Generator,
@@ -38,8 +44,7 @@ def sample_training_vectors(features: np.ndarray, rows: np.ndarray, count: int, 
     """Up to ``count`` distinct (image, location) vectors of the given image rows, as float32 ``(n, C)``."""
     rows = np.sort(rows)  # sequential reads of the memory-mapped features
     hw, c = features.shape[1] * features.shape[2], features.shape[3]
-    total = len(rows) * hw
-    flat = np.arange(total) if total <= count else np.sort(rng.choice(total, size=count, replace=False))
+    flat = draw_vector_indices(len(rows) * hw, count, rng)
     image, location = flat // hw, flat % hw
     out = np.empty((len(flat), c), dtype=np.float32)
     for start in range(0, len(rows), chunk_images):
@@ -53,20 +58,11 @@ def sample_training_vectors(features: np.ndarray, rows: np.ndarray, count: int, 
 
 def encode_all(features: np.ndarray, codec: PQCodec, out_path: Path, chunk_images: int = 256) -> np.ndarray:
     n, h, w, c = features.shape
-    tmp = out_path.with_name(f".{out_path.name}.tmp.npy")
-    codes = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, h, w, codec.num_codebooks))
-    try:
+    with atomic_npy(out_path, np.uint8, (n, h, w, codec.num_codebooks)) as codes:
         for start in range(0, n, chunk_images):
             block = torch.from_numpy(np.array(features[start:start + chunk_images], dtype=np.float32))
             codes[start:start + len(block)] = codec.encode(block.reshape(-1, c)).reshape(
                 len(block), h, w, codec.num_codebooks).cpu().numpy()
-        codes.flush()
-        del codes
-        os.replace(tmp, out_path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
     return np.load(out_path, mmap_mode="r")
 
 
@@ -143,17 +139,16 @@ def encode_from_images(dataset: str, args, images: list) -> dict:
                            "it (features and codes made from the old list will no longer match)")
     base_rows = np.sort(np.array([id_to_row[int(i)] for i in base_init_ids(dataset, args, id_to_row, args.images)]))
     trunk = build_trunk(args.model, args.model_stage, args.weights, args.random_init).to(args.device)
-    batches = dict(image_size=args.image_size, batch_size=args.batch_size, num_workers=args.num_workers,
-                   device=args.device)
+    loader_args = dict(image_size=args.image_size, batch_size=args.batch_size, num_workers=args.num_workers,
+                       device=args.device)
     rng = np.random.default_rng(args.seed)
     count = args.train_vectors or 256 * args.codebook_size
     vectors, flat, hw, done = [], None, None, 0
-    for maps in trunk_batches(trunk, [images[r][1] for r in base_rows], desc="base-init images", **batches):
+    for maps in trunk_batches(trunk, [images[r][1] for r in base_rows], desc="base-init images", **loader_args):
         if flat is None:  # the same draw sample_training_vectors makes from a feature file
             hw, channels = maps.shape[1] * maps.shape[2], maps.shape[3]
             check_pq_shape(channels, args.num_codebooks, args.codebook_size)
-            total = len(base_rows) * hw
-            flat = np.arange(total) if total <= count else np.sort(rng.choice(total, size=count, replace=False))
+            flat = draw_vector_indices(len(base_rows) * hw, count, rng)
         lo, hi = np.searchsorted(flat, [done * hw, (done + len(maps)) * hw])
         local = torch.from_numpy(flat[lo:hi] - done * hw).to(maps.device)
         vectors.append(maps.reshape(-1, maps.shape[-1]).index_select(0, local).float().cpu().numpy())
@@ -162,25 +157,16 @@ def encode_from_images(dataset: str, args, images: list) -> dict:
     print(f"training PQ ({args.num_codebooks} codebooks x {args.codebook_size}) on {len(vectors)} vectors from "
           f"{len(base_rows)} base-init images ({args.data_order} order)", flush=True)
     codec = PQCodec.train(vectors, args.num_codebooks, args.codebook_size, seed=args.seed, device=args.device)
-    tmp = paths["codes"].with_name(f".{paths['codes'].name}.tmp.npy")
-    codes, start = None, 0
-    try:
-        for maps in trunk_batches(trunk, [p for _, p in images], desc="encoding all images", **batches):
-            b, h, w, c = maps.shape
-            if codes is None:
-                codes = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(images), h, w,
-                                                                                        codec.num_codebooks))
-                feature_shape = (h, w, c)
-            codes[start:start + b] = codec.encode(maps.reshape(-1, c)).reshape(b, h, w, -1).cpu().numpy()
+    batches = trunk_batches(trunk, [p for _, p in images], desc="encoding all images", **loader_args)
+    first = next(batches)
+    _, h, w, c = first.shape
+    feature_shape, code_shape = (h, w, c), (h, w, codec.num_codebooks)
+    with atomic_npy(paths["codes"], np.uint8, (len(images), *code_shape)) as codes:
+        start = 0
+        for maps in itertools.chain([first], batches):
+            b = len(maps)
+            codes[start:start + b] = codec.encode(maps.reshape(-1, c)).reshape(b, *code_shape).cpu().numpy()
             start += b
-        codes.flush()
-        code_shape = codes.shape[1:]
-        del codes
-        os.replace(tmp, paths["codes"])
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
     write_codebooks(paths, codec, dataset, args, len(base_rows), len(vectors), feature_shape)
     atomic_write_text(paths["map"], json.dumps(image_map(ids, feature_shape, args.image_size, args.model,
                                                          args.model_stage, args.weights)))

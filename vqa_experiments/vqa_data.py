@@ -18,14 +18,14 @@ import json
 import os
 import random
 import sys
-import tempfile
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from remind.checkpoint import load_state
+from remind.checkpoint import atomic_write, atomic_write_text, load_state
 from remind.pq import PQCodec
 
 # CLEVR's five question types, named by the last function of each question's program.
@@ -50,25 +50,27 @@ class VQADataError(ValueError):
 
 
 # ------------------------------------------------------------------ small I/O
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def atomic_save_npz(path: str | os.PathLike, **arrays) -> None:
+    # Compressed: the padded question texts ('<U' arrays) and token rows are mostly zeros.
+    atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
+
+
+@contextmanager
+def atomic_npy(path: str | os.PathLike, dtype, shape):
+    """A writable ``.npy`` memory map that appears at ``path`` only once the block completes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.npz", dir=path.parent)
-    with os.fdopen(fd, "wb") as handle:
-        # Compressed: the padded question texts ('<U' arrays) and token rows are mostly zeros.
-        np.savez_compressed(handle, **arrays)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    try:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=tuple(shape))
+        yield array
+        array.flush()
+        del array
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
 
 
 def read_json(path: str | os.PathLike, what: str) -> dict:
@@ -223,9 +225,6 @@ class Questions:
 
     def __len__(self) -> int:
         return len(self.qid)
-
-    def subset(self, rows: np.ndarray) -> "Questions":
-        return Questions(**{f: None if getattr(self, f) is None else getattr(self, f)[rows] for f in QUESTION_FIELDS})
 
 
 def load_questions(data_path, dataset: str, split: str, text: bool = False) -> Questions:

@@ -20,7 +20,8 @@ from pathlib import Path
 from vqa_experiments import make_synthetic_vqa, pq_encoding, vqa_trainer
 from vqa_experiments.clevr import extract_image_features_clevr, preprocess_clevr
 from vqa_experiments.tdiuc import extract_image_features_tdiuc, preprocess_tdiuc
-from vqa_experiments.vqa_data import atomic_write_text, feature_paths
+from remind.checkpoint import atomic_write_text
+from vqa_experiments.vqa_data import feature_paths
 
 DATASETS = {
     # dataset: (raw folder, preprocess, extract, config, extraction image size)

@@ -25,7 +25,6 @@ import csv
 import dataclasses
 import io
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,10 +35,11 @@ import torch.nn as nn
 
 from remind import reporting
 from remind.buffer import ReplayBuffer
-from remind.checkpoint import CheckpointError, atomic_torch_save, rng_from_json, rng_state_to_json, safe_load
+from remind.checkpoint import CheckpointError, atomic_torch_save, atomic_write_text, rng_from_json, rng_state_to_json, \
+    safe_load
 from vqa_experiments.configs import get_config, override
 from vqa_experiments.metric import accuracy_by_type
-from vqa_experiments.vqa_data import Dictionary, VQADataError, atomic_write_text, image_rows, load_codes, load_lut, \
+from vqa_experiments.vqa_data import Dictionary, VQADataError, image_rows, load_codes, load_lut, \
     load_questions, stream_order
 from vqa_experiments.vqa_models import build_model, load_word_vectors
 
@@ -292,7 +292,8 @@ def make_buffer(args, data: VQAData) -> ReplayBuffer:
 
 
 def buffer_insert(buffer: ReplayBuffer, data: VQAData, rows: np.ndarray, rng, strategy: str) -> None:
-    """Store training questions (their codes, answer and row) one by one, evicting when full."""
+    """Store the base-init questions (their codes, answer and row): in one batch when they fit, else one by
+    one with eviction, as the original's sampler did."""
     image = data.train_image[rows]
     codes = data.codes.index_select(0, torch.from_numpy(image).to(data.device))
     answers = data.train.aidx[rows]
@@ -327,26 +328,27 @@ def streaming(args, config, data: VQAData, learner: Learner, out_dir: Path, iden
     r = config.num_rehearsal_samples
     start = time.time()
     end = order.boundaries[-1]
+    boundary_index = {b: k for k, b in enumerate(order.boundaries)}
     for position in range(position, end):
         row = int(order.rows[position])
         if buffer is None:
             learner.step(*data.batch("train", [row]))
         else:
             # As the original: the new question enters the buffer first, then r replays are drawn from it.
-            buffer_insert(buffer, data, np.array([row]), rng, args.buffer_replacement_strategy)
+            own = data.codes[int(data.train_image[row])]  # (H, W, M), already on the device
+            buffer.insert(own, int(data.train.aidx[row]), row, rng, args.buffer_replacement_strategy)
             slots = buffer.sample(r, rng)
             replay_codes, _ = buffer.gather(slots)
-            own = data.codes.index_select(0, data.tables["train"]["image"][row:row + 1])
             rows = np.concatenate([[row], buffer.ids[slots]])
-            learner.step(*data.batch("train", rows, codes=torch.cat([own, replay_codes])))
+            learner.step(*data.batch("train", rows, codes=torch.cat([own.unsqueeze(0), replay_codes])))
         done = position + 1
-        if done in order.boundaries:
-            segment = order.segment_names[order.boundaries.index(done)]
+        if done in boundary_index:
+            segment = order.segment_names[boundary_index[done]]
             rate = (done - order.boundaries[0]) / max(1e-9, time.time() - start)
             print(f"streamed to {done}/{end} ({rate:.1f} questions/s)", flush=True)
             accuracy, predictions = learner.evaluate()
             record(out_dir, summary, done, segment, accuracy, predictions, data.val.qid)
-            save_checkpoint(ckpt, learner, buffer, rng, done, summary, identity, order.boundaries.index(done))
+            save_checkpoint(ckpt, learner, buffer, rng, done, summary, identity, boundary_index[done])
     return summary
 
 
@@ -398,14 +400,6 @@ def prepare(args):
     return config, data, glove
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     try:
@@ -416,7 +410,7 @@ def main(argv=None) -> int:
         if (out_dir / CHECKPOINT).exists():
             load_checkpoint(out_dir / CHECKPOINT, identity)  # refuse a different run's folder before writing
         out_dir.mkdir(parents=True, exist_ok=True)
-        print(f"git commit {git_commit()}; {run_mode(args)} on {config.dataset} ({config.model}), "
+        print(f"git commit {reporting.git_commit()}; {run_mode(args)} on {config.dataset} ({config.model}), "
               f"{len(data.train)} train / {len(data.val)} val questions, {data.num_classes} answers, "
               f"codes {data.code_shape}, device {data.device}", flush=True)
         torch.manual_seed(args.seed)
