@@ -935,3 +935,45 @@ def test_pq_encoding_straight_from_images_matches_the_feature_file_path(data, tm
     for path in work.glob(f"{stem}pq_qtype_*"):
         path.unlink()
     assert main(argv) == 2
+
+
+def test_streaming_configs_carry_the_original_hyper_parameters():
+    """The original's configs/config_{CLEVR,TDIUC}_streaming.py, written out independently of configs/."""
+    clevr, tdiuc = get_config("CLEVR_streaming"), get_config("TDIUC_streaming")
+    assert (clevr.dataset, clevr.model, clevr.num_classes, clevr.lr, clevr.train_batch_size) == \
+        ("clevr", "smac", 28, 3e-4, 64)
+    assert (tdiuc.dataset, tdiuc.model, tdiuc.num_classes, tdiuc.lr, tdiuc.train_batch_size) == \
+        ("tdiuc", "updown", 1480, 2e-3, 512)
+    for config in (clevr, tdiuc):
+        assert (config.optimizer, config.max_epochs, config.num_rehearsal_samples, config.emb_dim,
+                config.lstm_out, config.bidirectional, config.ema_decay) == ("adamax", 20, 50, 300, 512, True, 0.999)
+    assert not clevr.imnorm and tdiuc.imnorm
+    assert clevr.freeze_embedding and not clevr.embedding_dropout and tdiuc.embedding_dropout
+    assert (clevr.mac_dim, clevr.mac_max_step, clevr.mac_dropout) == (512, 12, 0.15)
+    assert (tdiuc.num_hidden, tdiuc.num_attn_hops, tdiuc.attention_hidden) == (1024, 2, 1024)
+
+
+def test_remind_step_is_the_new_question_plus_distinct_replays(data, tmp_path, monkeypatch):
+    """Each streamed REMIND step trains on the new question first, then min(r, stored) distinct replays drawn
+    from the buffer after the new question entered it (so only from questions seen so far)."""
+    calls = []
+    original = vqa_trainer.VQAData.batch
+
+    def recording(self, split, rows, codes=None):
+        if codes is not None:
+            calls.append(np.asarray(rows).copy())
+        return original(self, split, rows, codes)
+
+    monkeypatch.setattr(vqa_trainer.VQAData, "batch", recording)
+    out = tmp_path / "out"
+    assert vqa_trainer.main(trainer_argv(data, "clevr", "qtype", "stream_with_rehearsal", out)) == 0
+    _, order = order_of(data, "clevr", "qtype")
+    base = order.boundaries[0]
+    r = 8  # COMMON sets num_rehearsal_samples=8
+    assert len(calls) == len(order.rows) - base
+    for k, rows in enumerate(calls):
+        position = base + k
+        assert rows[0] == order.rows[position]
+        replays = rows[1:]
+        assert len(replays) == min(r, position + 1) and len(set(replays.tolist())) == len(replays)
+        assert set(replays.tolist()) <= set(order.rows[:position + 1].tolist())
