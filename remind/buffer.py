@@ -10,6 +10,12 @@ class counts, O(num_classes)).
 Memory per stored example: the codes, a label (int16, or int32 past 32,767
 classes), an example id (int64 is not needed: int32) and one int32 in a class
 array, whose growth slack is bounded by ``_GROWTH``.
+
+Where many examples share one payload (VQA: every question of an image has
+that image's codes), the buffer holds references instead: pass
+``shared_codes`` (a :class:`SharedCodes`, the codes stored once per image and
+the image of every example id) and each entry is just its label and id, about
+10 bytes; the codes are looked up through the id when replayed.
 """
 from __future__ import annotations
 
@@ -27,6 +33,27 @@ def _grown(array: np.ndarray, needed: int) -> np.ndarray:
     return new
 
 
+class SharedCodes:
+    """Codes held once per image, and which image each example id refers to.
+
+    Args:
+        codes: ``(num_images, H, W, M)`` uint8, on the buffer's device.
+        image_of: ``(num_examples,)`` integer image row of every example id (VQA: question row -> image row).
+    """
+
+    def __init__(self, codes: torch.Tensor, image_of: np.ndarray):
+        self.codes = codes
+        self.image_of = torch.from_numpy(np.asarray(image_of, dtype=np.int64)).to(codes.device)
+
+    @property
+    def code_shape(self) -> tuple[int, ...]:
+        return tuple(self.codes.shape[1:])
+
+    def lookup(self, example_ids: torch.Tensor) -> torch.Tensor:
+        """Codes ``(n, H, W, M)`` of examples ``(n,)`` (int64, on the codes' device)."""
+        return self.codes.index_select(0, self.image_of.index_select(0, example_ids))
+
+
 class ReplayBuffer:
     """Compressed replay memory.
 
@@ -36,10 +63,11 @@ class ReplayBuffer:
         max_size: evict when this many are stored (None: unbounded).
         device: where the code tensor lives (F's device, so replay gathers and
             decodes there without host copies).
+        shared_codes: store references, not codes (see the module docstring); ``code_shape`` must be its shape.
     """
 
     def __init__(self, code_shape: tuple[int, int, int], num_classes: int, max_size: int | None = None,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", shared_codes: SharedCodes | None = None):
         if max_size is not None and max_size <= 0:
             raise ValueError(f"max_buffer_size must be positive, got {max_size}")
         self.code_shape = tuple(int(s) for s in code_shape)
@@ -47,7 +75,12 @@ class ReplayBuffer:
         self.max_size = max_size
         self.device = torch.device(device)
         self.size = 0
-        self.codes = torch.empty((0, *self.code_shape), dtype=torch.uint8, device=self.device)
+        self.shared_codes = shared_codes
+        if shared_codes is not None and shared_codes.code_shape != self.code_shape:
+            raise ValueError(f"shared codes have shape {shared_codes.code_shape}, the buffer {self.code_shape}")
+        # Per-entry codes only when they are not shared; a reference buffer keeps labels and ids alone.
+        self.codes = (None if shared_codes is not None
+                      else torch.empty((0, *self.code_shape), dtype=torch.uint8, device=self.device))
         label_dtype = np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
         self.labels = np.empty(0, dtype=label_dtype)
         self.ids = np.empty(0, dtype=np.int32)
@@ -65,9 +98,10 @@ class ReplayBuffer:
         new_capacity = max(needed, int(capacity * _GROWTH) + 1)
         if self.max_size is not None:
             new_capacity = min(new_capacity, self.max_size)
-        codes = torch.empty((new_capacity, *self.code_shape), dtype=torch.uint8, device=self.device)
-        codes[:self.size] = self.codes[:self.size]
-        self.codes = codes
+        if self.codes is not None:
+            codes = torch.empty((new_capacity, *self.code_shape), dtype=torch.uint8, device=self.device)
+            codes[:self.size] = self.codes[:self.size]
+            self.codes = codes
         self.labels = _grown(self.labels, new_capacity)[:new_capacity]
         self.ids = _grown(self.ids, new_capacity)[:new_capacity]
 
@@ -83,11 +117,11 @@ class ReplayBuffer:
         self.class_slots[label] = slots
         self.class_counts[label] = count + 1
 
-    def add_batch(self, codes: torch.Tensor, labels, ids) -> None:
+    def add_batch(self, codes: torch.Tensor | None, labels, ids) -> None:
         """Append examples without eviction (base initialisation).
 
         Args:
-            codes: ``(N, H, W, M)`` uint8.
+            codes: ``(N, H, W, M)`` uint8 (None, and ignored, with shared codes).
             labels, ids: ``(N,)`` integer arrays.
         """
         labels = np.asarray(labels).reshape(-1)
@@ -98,7 +132,8 @@ class ReplayBuffer:
             raise ValueError(f"base initialisation has {self.size + n} examples but --max_buffer_size is "
                              f"{self.max_size}; raise --max_buffer_size")
         self._reserve(self.size + n)
-        self.codes[self.size:self.size + n] = codes.to(self.device)
+        if self.codes is not None:
+            self.codes[self.size:self.size + n] = codes.to(self.device)
         self.labels[self.size:self.size + n] = labels
         self.ids[self.size:self.size + n] = ids
         for label in np.unique(labels):
@@ -110,12 +145,12 @@ class ReplayBuffer:
             self.class_counts[label] = count + len(new_slots)
         self.size += n
 
-    def insert(self, codes: torch.Tensor, label: int, example_id: int, rng: np.random.Generator,
+    def insert(self, codes: torch.Tensor | None, label: int, example_id: int, rng: np.random.Generator,
                strategy: str = "random") -> int | None:
         """Store one example; when full, first evict an example of the largest class.
 
         Args:
-            codes: ``(H, W, M)`` uint8.
+            codes: ``(H, W, M)`` uint8 (None, and ignored, with shared codes).
             strategy: which example of the largest class goes: ``random`` (REMIND's rule) or
                 ``queue``, the oldest one (the VQA experiments' ``--buffer_replacement_strategy``).
                 A class's slots are kept in insertion order only under ``queue``, so use one
@@ -146,7 +181,8 @@ class ReplayBuffer:
             slot = self.size
             self._reserve(self.size + 1)
             self.size += 1
-        self.codes[slot] = codes.to(self.device)
+        if self.codes is not None:
+            self.codes[slot] = codes.to(self.device)
         self.labels[slot] = label
         self.ids[slot] = example_id
         self._append_slot(label, slot)
@@ -164,14 +200,17 @@ class ReplayBuffer:
         """Codes ``(n, H, W, M)`` uint8 and labels ``(n,)`` int64, both on the buffer's device."""
         index = torch.from_numpy(np.asarray(slots, dtype=np.int64)).to(self.device)
         labels = torch.from_numpy(self.labels[slots].astype(np.int64)).to(self.device)
+        if self.shared_codes is not None:
+            return self.shared_codes.lookup(torch.from_numpy(self.ids[slots].astype(np.int64)).to(self.device)), labels
         # index_select on the 2-D view is ~100x faster on CPU than on the 4-D tensor.
         rows = self.codes.view(len(self.codes), int(np.prod(self.code_shape))).index_select(0, index)
         return rows.view(len(index), *self.code_shape), labels
 
     # ------------------------------------------------------------- accounting
     def nbytes(self) -> int:
-        """Bytes held by the buffer's arrays (codes, labels, ids, class slot arrays)."""
-        return (self.codes.numel() * self.codes.element_size() + self.labels.nbytes + self.ids.nbytes
+        """Bytes held by the buffer's own arrays (codes, labels, ids, class slot arrays); shared codes are not its own."""
+        code_bytes = 0 if self.codes is None else self.codes.numel() * self.codes.element_size()
+        return (code_bytes + self.labels.nbytes + self.ids.nbytes
                 + self.class_counts.nbytes + sum(s.nbytes for s in self.class_slots))
 
     def check_invariants(self) -> None:
@@ -184,25 +223,38 @@ class ReplayBuffer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Arrays only, trimmed to the stored examples, ready for ``torch.save``."""
+        """Arrays only, trimmed to the stored examples, in their compact dtypes, ready for ``torch.save``.
+
+        A reference buffer saves no codes (they live in the dataset's code file): labels, ids and class
+        slots take 10 bytes per stored example (int16 labels), 1,568 more with ImageNet's codes.
+        """
         slots = [self.class_slots[c][:self.class_counts[c]] for c in range(self.num_classes)]
-        return {
-            "codes": self.codes[:self.size].cpu(),
-            "labels": torch.from_numpy(self.labels[:self.size].astype(np.int64)),
-            "ids": torch.from_numpy(self.ids[:self.size].astype(np.int64)),
+        state = {
+            "labels": torch.from_numpy(self.labels[:self.size].copy()),
+            "ids": torch.from_numpy(self.ids[:self.size].copy()),
             "class_counts": torch.from_numpy(self.class_counts.copy()),
-            "class_slots": torch.from_numpy(np.concatenate(slots).astype(np.int64) if slots else np.empty(0)),
+            "class_slots": torch.from_numpy(np.concatenate(slots).astype(np.int32) if slots
+                                            else np.empty(0, np.int32)),
             "max_size": torch.tensor(-1 if self.max_size is None else self.max_size),
+            "code_shape": torch.tensor(self.code_shape),
         }
+        if self.codes is not None:
+            state["codes"] = self.codes[:self.size].cpu()
+        return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        codes = state["codes"]
-        if tuple(codes.shape[1:]) != self.code_shape:
-            raise ValueError(f"buffer codes have shape {tuple(codes.shape[1:])} but this model uses "
+        saved_shape = tuple(int(s) for s in state["code_shape"].tolist()) if "code_shape" in state \
+            else tuple(state["codes"].shape[1:])
+        if saved_shape != self.code_shape:
+            raise ValueError(f"buffer codes have shape {saved_shape} but this model uses "
                              f"{self.code_shape}; resume with the same --num_codebooks and image size")
-        if self.max_size is not None and len(codes) > self.max_size:
-            raise ValueError(f"the saved buffer holds {len(codes)} examples but --max_buffer_size is "
-                             f"{self.max_size}; resume with --max_buffer_size {len(codes)} or more")
+        if ("codes" in state) != (self.codes is not None):
+            raise ValueError("the saved buffer and this one differ in kind (codes per entry vs references to "
+                             "shared codes); resume with the same experiment")
+        size = len(state["labels"])
+        if self.max_size is not None and size > self.max_size:
+            raise ValueError(f"the saved buffer holds {size} examples but --max_buffer_size is "
+                             f"{self.max_size}; resume with --max_buffer_size {size} or more")
         counts = state["class_counts"].numpy().astype(np.int64)
         if len(counts) != self.num_classes:
             raise ValueError(f"buffer was saved with {len(counts)} classes, this run has --num_classes "
@@ -210,11 +262,12 @@ class ReplayBuffer:
         self.size = 0
         self.labels = np.empty(0, dtype=self.labels.dtype)
         self.ids = np.empty(0, dtype=np.int32)
-        self._reserve(len(codes))
-        self.size = len(codes)
-        self.codes[:self.size] = codes.to(self.device)
-        self.labels[:self.size] = state["labels"].numpy()
-        self.ids[:self.size] = state["ids"].numpy()
+        self._reserve(size)
+        self.size = size
+        if self.codes is not None:
+            self.codes[:size] = state["codes"].to(self.device)
+        self.labels[:size] = state["labels"].numpy()
+        self.ids[:size] = state["ids"].numpy()
         self.class_counts = counts
         flat = state["class_slots"].numpy().astype(np.int32)
         bounds = np.concatenate([[0], np.cumsum(counts)])

@@ -77,6 +77,46 @@ def load_state(path, what: str = "checkpoint") -> tuple[dict[str, torch.Tensor],
     return obj["tensors"], json.loads(obj["meta_json"])
 
 
+# The one layout of a run's resumable state, for every experiment: save_state's file with
+# meta["format"] == RUN_STATE_FORMAT, meta["identity"] (the settings that define the run) and
+# tensors["learner"] (StreamingLearner.state_dict) next to the experiment's own entries.
+RUN_STATE_FORMAT = "remind-run-state-v2"
+
+
+def save_run_state(path, state: dict, identity: dict, progress: dict) -> None:
+    """Write a run's resumable state: ``state`` (nested tensors), its identity and its progress (JSON)."""
+    save_state(path, state, {"format": RUN_STATE_FORMAT, "identity": identity, **progress})
+
+
+def check_identity(saved: dict, current: dict, where) -> None:
+    """Refuse to resume when a setting that changes what is computed differs; names every one."""
+    current = json.loads(json.dumps(current))  # tuples become lists, as in the saved JSON
+    differing = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+    differing.update({k: (v, None) for k, v in saved.items() if k not in current})
+    if differing:
+        detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in sorted(differing.items()))
+        raise CheckpointError(f"{where} belongs to a run with other settings ({detail}); use the same settings, "
+                              "or another results folder")
+
+
+def load_run_state(path, identity: dict, what: str = "run checkpoint") -> tuple[dict, dict]:
+    """Read :func:`save_run_state`'s file and check it is this run; returns (state, progress meta)."""
+    try:
+        state, meta = load_state(path, what)
+    except CheckpointError as exc:
+        if "not a REMIND state file" in str(exc):
+            raise CheckpointError(f"{what} {path} was written by an earlier version of this project (before "
+                                  "the shared streaming learner) and cannot be resumed; rerun into a new results "
+                                  "folder") from None
+        raise
+    if meta.get("format") != RUN_STATE_FORMAT:
+        raise CheckpointError(f"{what} {path} was written by an earlier version of this project "
+                              f"(format {meta.get('format', 'v1')!r}, this one reads {RUN_STATE_FORMAT!r}) and "
+                              "cannot be resumed; rerun into a new results folder")
+    check_identity(meta["identity"], identity, path)
+    return state, meta
+
+
 def rng_state_to_json(rng) -> str:
     """A numpy Generator's bit-generator state as a JSON string (PCG64 family, as ``default_rng``)."""
     state = rng.bit_generator.state

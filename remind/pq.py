@@ -20,6 +20,47 @@ import torch
 MAX_POINTS_PER_CENTROID = 256
 
 
+class TrainingVectorSampler:
+    """Draws PQ's training vectors while feature batches stream past, in one pass, in order.
+
+    ``count`` distinct positions among ``total`` vectors (all of them when ``total <= count``) are drawn
+    up front from ``rng``, sorted; :meth:`take` keeps those that fall in each consecutive batch. Every
+    path that trains a codebook (the image experiments' base init, VQA from a feature file or from the
+    images) uses this one draw, so the same features give the same codebooks whichever path reads them.
+    """
+
+    def __init__(self, total: int, count: int, rng: np.random.Generator):
+        self.positions = (np.arange(total) if total <= count
+                          else np.sort(rng.choice(total, size=count, replace=False)))
+        self.seen = 0
+        self.kept: list[np.ndarray] = []
+
+    def wanted(self, num_vectors: int) -> np.ndarray:
+        """Offsets, within the next ``num_vectors`` vectors, of the drawn positions (without consuming them)."""
+        lo, hi = np.searchsorted(self.positions, [self.seen, self.seen + num_vectors])
+        return self.positions[lo:hi] - self.seen
+
+    def take(self, vectors) -> None:
+        """Keep the drawn rows of the next batch ``vectors: (n, C)`` (tensor or array), as float32 on the host."""
+        local = self.wanted(len(vectors))
+        if torch.is_tensor(vectors):
+            chosen = vectors.index_select(0, torch.from_numpy(local).to(vectors.device)).float().cpu().numpy()
+        else:
+            chosen = np.asarray(vectors[local], dtype=np.float32)
+        self.kept.append(chosen)
+        self.seen += len(vectors)
+
+    def skip(self, num_vectors: int) -> None:
+        """Pass over ``num_vectors`` vectors that hold no drawn position (see :meth:`wanted`)."""
+        if len(self.wanted(num_vectors)):
+            raise ValueError("skip() over vectors that were drawn for training")
+        self.seen += num_vectors
+
+    def vectors(self) -> np.ndarray:
+        """The kept training vectors ``(n, C)`` float32, in position order."""
+        return np.concatenate(self.kept) if self.kept else np.zeros((0, 0), np.float32)
+
+
 def check_pq_shape(num_channels: int, num_codebooks: int, codebook_size: int) -> None:
     """Raise ValueError with a fix if the PQ geometry is not valid."""
     if num_codebooks <= 0 or num_channels <= 0:

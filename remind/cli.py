@@ -1,0 +1,41 @@
+"""What every entry point shares: the default device, and input errors as one ``error:`` line with exit 2."""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+import torch
+
+from remind.checkpoint import CheckpointError
+
+# Errors about the user's input (paths, flags, data files, checkpoints). Anything else is a bug and keeps
+# its traceback.
+INPUT_ERRORS = (ValueError, CheckpointError)
+
+
+def default_device() -> str:
+    """``cuda`` when a GPU is visible, else ``cpu``: the default of every ``--device`` flag."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str) -> torch.device:
+    """The ``--device`` value as a device that exists here, or a ValueError saying what to pass."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device!r} is not a device name; use cpu or cuda") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} but no CUDA device is available; use --device cpu")
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: only cpu and cuda are supported")
+    return parsed
+
+
+def run_main(body: Callable[[], int | None], extra_errors: tuple[type[BaseException], ...] = ()) -> int:
+    """Run an entry point's body: input errors print one ``error: ...`` line and give exit status 2."""
+    try:
+        code = body()
+    except INPUT_ERRORS + extra_errors as exc:
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
+        return 2
+    return 0 if code is None else int(code)
