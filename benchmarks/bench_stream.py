@@ -52,7 +52,10 @@ if str(ROOT) not in sys.path:
 from benchmarks.reference_loop import ReferenceBuffer, ReferenceREMIND  # noqa: E402
 from image_classification_experiments.REMINDModel import REMINDModel  # noqa: E402
 from image_classification_experiments.resnet_models import ResNet18ClassifyAfterLayer4_1  # noqa: E402
-from remind.buffer import ReplayBuffer  # noqa: E402
+from remind.buffer import ReplayBuffer, SharedCodes  # noqa: E402
+from remind.checkpoint import save_state  # noqa: E402
+from remind.cli import default_device  # noqa: E402
+from remind.learner import StreamingLearner  # noqa: E402
 from remind.pq import PQCodec  # noqa: E402
 
 NUM_CLASSES = 1000
@@ -111,20 +114,46 @@ def fmt_ms(seconds: float) -> str:
 
 
 # ------------------------------------------------------------ our step, with phase marks
+def instrument(model: REMINDModel, timer: PhaseTimer):
+    """Mark phase boundaries by wrapping the parts of the real step on this model's instances.
+
+    The step's code carries no timing hooks: each wrapper runs the part, then marks its phase.
+    Returns a function that removes the wrappers.
+    """
+    wrapped = []
+
+    def wrap(owner, name: str, phase: str) -> None:
+        part = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            out = part(*args, **kwargs)
+            timer.mark(phase)
+            return out
+
+        setattr(owner, name, timed)  # an instance attribute shadows the method until removed
+        wrapped.append((owner, name))
+
+    learner = model.learner
+    wrap(learner, "decode", "sample_decode")        # draw, gather, decode
+    wrap(model, "_augment", "augment")              # crops, mixup
+    wrap(learner, "backward", "f_forward_backward")  # F forward, loss, backward
+    wrap(learner, "update", "optimizer")
+    wrap(learner, "insert", "buffer_update")
+    return lambda: [delattr(owner, name) for owner, name in wrapped]
+
+
 def timed_fast_batch(model: REMINDModel, batch, timer: PhaseTimer) -> None:
     """``REMINDModel.fit_incremental_batch`` on one batch, with phase marks."""
     images, labels, ids = batch
     timer.start()
     maps = model._features(images)
     timer.mark("g_forward")
-    batch_codes = model.pq.encode_maps(maps, model.pq_backend)
+    batch_codes = model.pq.encode_maps(maps, model.config.pq_backend)
     timer.mark("encode")
-    model.phase_timer = timer  # REMINDModel.replay_step marks its own phases
+    remove = instrument(model, timer)
     for codes, label, example_id in zip(batch_codes, labels.tolist(), ids.tolist()):
-        model.replay_step(codes, label)
-        model.replay_buffer.insert(codes, label, example_id, model.rng)
-        timer.mark("buffer_update")
-    model.phase_timer = None
+        model.replay_step(codes, label, example_id, insert=True)
+    remove()
 
 
 class OneBatch:
@@ -192,8 +221,7 @@ def bench_stream(args, device: torch.device, workdir: Path) -> dict:
                         use_random_resize_crops=True, max_buffer_size=args.stream_buffer, device=str(device),
                         seed=seed)
     centroids = random_centroids(seed)
-    model.pq = PQCodec(centroids, device=device)
-    model.replay_buffer = model._new_buffer(CODE_SHAPE)
+    model.start_from(PQCodec(centroids, device=device), CODE_SHAPE)
     fill_buffer(model.replay_buffer, args.stream_buffer, seed)
     buf = model.replay_buffer
     reference = ReferenceREMIND(network, copy.deepcopy(model.classifier_F), centroids, NUM_CLASSES, num_samples=50,
@@ -216,7 +244,7 @@ def bench_stream(args, device: torch.device, workdir: Path) -> dict:
     bs = args.batch_size
     # warm-up: G and encode at the measured batch size, then two streamed examples per path
     warm = batch(bs)
-    model.pq.encode_maps(model._features(warm[0]), model.pq_backend)
+    model.pq.encode_maps(model._features(warm[0]), model.config.pq_backend)
     reference.encode(reference.extract(warm[0]))
     timed_fast_batch(model, batch(2), PhaseTimer(device))
     reference.timer = PhaseTimer(device)
@@ -388,8 +416,7 @@ def bench_checkpoint(args, device: torch.device, holder: list, workdir: Path) ->
     entries = min(args.ckpt_entries, source.size)
     model = REMINDModel(NUM_CLASSES, num_samples=50, use_mixup=True, max_buffer_size=IMAGENET_BUFFER,
                         device=str(device), seed=args.seed)
-    model.pq = PQCodec(random_centroids(args.seed), device=device)
-    model.replay_buffer = model._new_buffer(CODE_SHAPE)
+    model.start_from(PQCodec(random_centroids(args.seed), device=device), CODE_SHAPE)
     model.replay_buffer.add_batch(source.codes[:entries], source.labels[:entries], source.ids[:entries])
     del source
     gc.collect()
@@ -403,7 +430,7 @@ def bench_checkpoint(args, device: torch.device, holder: list, workdir: Path) ->
     check_rows = torch.from_numpy(np.random.default_rng(args.seed).choice(entries, 1000, replace=False)).to(device)
     saved_codes = model.replay_buffer.codes.index_select(0, check_rows)
     saved_ids = model.replay_buffer.ids[:entries].copy()
-    model.replay_buffer = None
+    model.learner = None
     gc.collect()
     start = time.perf_counter()
     model.resume(1, str(folder))
@@ -433,7 +460,7 @@ def bench_checkpoint(args, device: torch.device, holder: list, workdir: Path) ->
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--full", action="store_true",
                         help="real sizes: 256 streamed examples per path per measurement in G batches of 128, "
@@ -447,8 +474,8 @@ def parse_args(argv=None):
                         help=f"buffer entries for the checkpoint timing, scaled to {IMAGENET_BUFFER:,} "
                              f"(default {IMAGENET_BUFFER:,})")
     parser.add_argument("--inserts", type=int, default=2000, help="timed inserts per buffer size (ours)")
-    parser.add_argument("--sections", nargs="+", default=["vqa", "vqa_batch", "encode", "stream", "buffer", "checkpoint"],
-                        choices=["vqa", "vqa_batch", "encode", "stream", "buffer", "checkpoint"])
+    sections = ["vqa", "vqa_batch", "vqa_buffer", "encode", "stream", "buffer", "checkpoint"]
+    parser.add_argument("--sections", nargs="+", default=sections, choices=sections)
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -497,7 +524,8 @@ def bench_vqa_disk(workdir: Path, seed: int, images: int = 16) -> dict:
 def bench_vqa_batch(device: torch.device, workdir: Path, seed: int, stored: int = 400, repeats: int = 20) -> dict:
     """Time to build one VQA replay batch (the new question + 50 replays) as float feature maps on ``device``.
 
-    Ours: gather 51 code rows from the ReplayBuffer (on ``device``) and decode them by table lookup.
+    Ours: the streaming learner draws 50 replays from a reference buffer, gathers their codes through
+    their images (held once, on ``device``) and decodes the 51 rows by table lookup.
     Reference, as the original: one read per item from float32 features on disk (a memory-mapped .npy
     standing in for its h5 file, warm in the page cache after the first round), a collate copy, a copy
     into a fresh tensor on the device (``merge_data``) and a reorder by question length.
@@ -509,10 +537,8 @@ def bench_vqa_batch(device: torch.device, workdir: Path, seed: int, stored: int 
     print(f"{'dataset':<28} {'ours':>8} {'reference':>10} {'ratio':>7}")
     for name, ((channels, height, width), _) in VQA_FEATURES.items():
         codec = PQCodec(random_centroids_for(channels, seed), device=device)
-        buffer = ReplayBuffer((height, width, NUM_CODEBOOKS), num_classes=100, device=device)
         codes = torch.from_numpy(rng.integers(0, CODEBOOK_SIZE, (stored, height, width, NUM_CODEBOOKS),
                                               dtype=np.uint8))
-        buffer.add_batch(codes, rng.integers(0, 100, stored), np.arange(stored))
         path = workdir / "vqa_floats.npy"
         floats = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(stored, height * width, channels))
         for start in range(0, stored, 50):  # the features the codes stand for
@@ -522,10 +548,15 @@ def bench_vqa_batch(device: torch.device, workdir: Path, seed: int, stored: int 
         features = np.load(path, mmap_mode="r")
         qlen = torch.from_numpy(rng.integers(4, 40, 51))
 
-        def ours():
-            slots = buffer.sample(51, rng)
-            batch_codes, _ = buffer.gather(slots)
-            return codec.decode_maps(batch_codes)
+        image_codes = codes.to(device)
+        buffer = ReplayBuffer((height, width, NUM_CODEBOOKS), num_classes=100, device=device,
+                              shared_codes=SharedCodes(image_codes, np.arange(stored)))
+        learner = StreamingLearner(torch.nn.Identity(), None, codec, buffer, np.random.default_rng(seed),
+                                   replays_per_step=50, insert_first=True)
+        learner.store(None, rng.integers(0, 100, stored), np.arange(stored))
+
+        def ours():  # the learner's draw, gather through each question's image, decode
+            return learner.decode(image_codes[0], 0, 0, learner.draw()).maps
 
         def reference():
             rows = rng.choice(stored, 51, replace=False)
@@ -542,6 +573,58 @@ def bench_vqa_batch(device: torch.device, workdir: Path, seed: int, stored: int 
         out[name] = {"ours_ms": t_ours * 1e3, "reference_ms": t_ref * 1e3, "ratio": t_ref / t_ours}
         print(f"{name:<28} {t_ours * 1e3:>8.2f} {t_ref * 1e3:>10.2f} {t_ref / t_ours:>6.2f}x")
         path.unlink()  # the open memory map stays valid until the next dataset rebinds it
+    return out
+
+
+# (name, training questions, training images, answers the classifier covers, code map (H, W))
+VQA_REAL_SIZES = {"CLEVR": (699_989, 70_000, 28, (14, 14)), "TDIUC": (1_115_299, 110_739, 1480, (7, 7))}
+
+
+def bench_vqa_buffer(device: torch.device, workdir: Path, seed: int, evictions: int = 20_000) -> dict:
+    """Bytes a VQA replay buffer adds per stored question, beyond the codes held once per image.
+
+    Question tables of the real sizes with synthetic content (image of each question, answer); the
+    buffer holds every training question (the default, unlimited REMIND run), on ``device``; then a
+    limited buffer of the same size takes ``evictions`` more inserts with random eviction. The
+    checkpoint figure is the size of the buffer's state written with ``save_state``.
+    """
+    rng = np.random.default_rng(seed)
+    out = {}
+    print("\n== VQA buffer at the real sizes: bytes per stored question (references to per-image codes)")
+    print(f"{'dataset':<7} {'questions':>10} {'device B/q':>11} {'ckpt B/q':>9} {'copied codes B/q':>17} "
+          f"{'store s':>8} {'insert us':>10}")
+    for name, (questions, images, answers, (height, width)) in VQA_REAL_SIZES.items():
+        image_codes = torch.zeros((images, height, width, NUM_CODEBOOKS), dtype=torch.uint8, device=device)
+        image_of = rng.integers(0, images, questions)
+        labels = rng.integers(0, answers, questions)
+        buffer = ReplayBuffer((height, width, NUM_CODEBOOKS), answers, max_size=questions, device=device,
+                              shared_codes=SharedCodes(image_codes, image_of))
+        learner = StreamingLearner(torch.nn.Identity(), None, PQCodec(random_centroids_for(512, seed), device=device),
+                                   buffer, np.random.default_rng(seed), replays_per_step=50, insert_first=True)
+        start = time.perf_counter()
+        learner.store(None, labels, np.arange(questions))
+        store_s = time.perf_counter() - start
+        # a full buffer: every further question evicts one of the most frequent answer
+        start = time.perf_counter()
+        for k in range(evictions):
+            learner.insert(None, int(labels[k]), k)
+        insert_us = (time.perf_counter() - start) / evictions * 1e6
+        device_bytes = buffer.nbytes() / questions
+        path = workdir / "vqa_buffer_state.pth"
+        save_state(path, {"buffer": buffer.state_dict()}, {})
+        ckpt_bytes = path.stat().st_size / questions
+        path.unlink()
+        copied = height * width * NUM_CODEBOOKS
+        out[name] = {"questions": questions, "images": images, "vqa_buffer_bytes_per_question": device_bytes,
+                     "vqa_checkpoint_bytes_per_question": ckpt_bytes, "copied_codes_bytes_per_question": copied,
+                     "store_s": store_s, "insert_with_eviction_us": insert_us}
+        print(f"{name:<7} {questions:>10,} {device_bytes:>11.2f} {ckpt_bytes:>9.2f} {copied:>17,} "
+              f"{store_s:>8.2f} {insert_us:>10.1f}")
+        del buffer, learner, image_codes
+        gc.collect()
+    out["vqa_buffer_bytes_per_question"] = max(v["vqa_buffer_bytes_per_question"] for v in out.values())
+    out["vqa_checkpoint_bytes_per_question"] = max(v["vqa_checkpoint_bytes_per_question"]
+                                                   for k, v in out.items() if isinstance(v, dict))
     return out
 
 
@@ -572,6 +655,10 @@ def main(argv=None) -> int:
             out["vqa_disk"] = bench_vqa_disk(workdir, args.seed)
         if "vqa_batch" in args.sections:
             out["vqa_batch"] = bench_vqa_batch(device, workdir, args.seed)
+        if "vqa_buffer" in args.sections:
+            out["vqa_buffer"] = bench_vqa_buffer(device, workdir, args.seed)
+            for key in ("vqa_buffer_bytes_per_question", "vqa_checkpoint_bytes_per_question"):
+                out[key] = out["vqa_buffer"][key]
         if "encode" in args.sections:
             out["encode_ms"] = bench_encode(device, args.seed)
         if "stream" in args.sections:
@@ -595,7 +682,8 @@ def main(argv=None) -> int:
     out["total_runtime_s"] = time.perf_counter() - began
 
     print("\n== Summary")
-    for key in ("device", "speedup_vs_reference", "buffer_bytes_ratio_1M", "eviction_us", "eviction_us_reference",
+    for key in ("device", "speedup_vs_reference", "buffer_bytes_ratio_1M", "vqa_buffer_bytes_per_question",
+                "vqa_checkpoint_bytes_per_question", "eviction_us", "eviction_us_reference",
                 "checkpoint_save_load_s"):
         if key in out:
             value = out[key]

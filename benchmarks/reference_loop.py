@@ -1,41 +1,48 @@
-"""REMIND's streaming step computed the way the original code computes it, for tests and timings.
+"""A slow, original-structure REMIND streaming step: the yardstick for the fast path.
 
-This follows the structure of the original release (tyler-hayes/REMIND,
-``image_classification_experiments/REMINDModel.py`` and ``utils.RandomResizeCrop``)
-step for step, written anew:
+The tests (``tests/test_fast_path.py``) check that the fast path computes what this
+module computes, and ``benchmarks/bench_stream.py`` times the two against each other.
+For the timings to mean anything, this module does the work the way the original
+release does it (Hayes et al., ECCV 2020; tyler-hayes/REMIND, MIT licence: see
+``image_classification_experiments/REMINDModel.py`` and ``utils.RandomResizeCrop``
+there). The code is our own; what it keeps from the original is the shape of the work:
 
-- G: the *whole* full network runs (through ``layer4.1``, pooling and ``fc``) with
-  autograd on; a forward hook keeps ``model.layer4.0``'s output (the original's
-  ``ModelWrapper``).
-- encode: G's maps go to host numpy, NHWC, then faiss ``ProductQuantizer.compute_codes``.
-- buffer: ``latent_dict = {item_ix: [codes, label]}``, a ``rehearsal_ixs`` list of the
-  item ids eligible for replay, a class -> list-of-item-ids dict and a counter. A new
-  example is appended first; then, if the buffer is over its limit, a random item
-  (``random.choice``, Python's RNG) of the class with the most items is removed with
-  ``list.remove`` / ``dict.pop`` / ``list.remove``.
-- replay: codes copied item by item from the dict into a numpy array and labels
-  item by item into a device tensor, faiss ``pq.decode`` on the host, transpose to
-  NCHW, move to the device, one ``F.interpolate`` per map for the crop, mixup on torch
-  tensors, the inputs assembled in a fresh host tensor and moved to the device, SGD
-  (momentum 0.9, weight decay) with one parameter group per parameter, ``loss.item()``
-  every step.
+- Features: the complete base-init network is run, past the layer we need, through
+  ``layer4.1``, pooling and ``fc``, with autograd enabled, and a forward hook on
+  ``model.layer4.0`` keeps the maps (the original wraps the network the same way).
+- Encoding: the maps are copied to host numpy, laid out NHWC and quantised with
+  faiss ``ProductQuantizer.compute_codes``.
+- Memory: a plain dict maps each item id to ``[codes, label]``; a Python list holds
+  the ids that replay may draw from, in the order they arrived; a dict of per-class
+  id lists and a running count complete it. A new example goes in first. If the
+  memory is then over its limit, one id is picked with ``random.choice`` (Python's
+  RNG) among the class holding the most items and taken out of all three
+  containers with ``list.remove`` / ``dict`` deletion / ``list.remove``.
+- Replay: stored codes are copied one item at a time into a numpy array and labels
+  one at a time into a device tensor; faiss ``pq.decode`` runs on the host; the maps
+  are transposed to NCHW and moved to the device; every map gets its own
+  ``F.interpolate`` for the crop; mixup works on torch tensors and the mixed batch is
+  built in a new host tensor and then moved to the device; SGD (momentum 0.9, weight
+  decay) keeps one parameter group per parameter; ``loss.item()`` syncs every step.
 
-Deliberate differences from the original, so both paths compute the same thing:
+Where we depart from the original on purpose, so that both paths compute the same
+numbers:
 
-- Random draws are the fast path's: the replay positions, crop boxes and mixup
-  lambda either come in as arguments or are drawn from a numpy Generator with the
-  same calls, in the same order, as ``REMINDModel.replay_step`` (sample positions,
-  ``remind.augment.sample_crop_params``, ``remind.augment.sample_mixup_lambda``; see
-  :func:`draw_like_fast_path`). Positions index ``rehearsal_ixs``, which lists items in
-  insertion order, so they equal the fast buffer's slots until the first eviction
-  (after that the two buffers order their items differently: the fast buffer reuses
-  the evicted slot, ``list.remove`` shifts the list).
-- DESIGN.md's fixes: with fewer than ``r`` stored, all stored items are replayed;
-  crops resize to the map's own size; the per-class step LR is computed in closed
-  form instead of by chained ``StepLR`` objects.
+- Randomness comes from the fast path. Replay positions, crop boxes and the mixup
+  lambda are either passed in or drawn from a numpy Generator with exactly the
+  calls, and in exactly the order, of ``REMINDModel.replay_step``: positions, then
+  ``remind.augment.sample_crop_params``, then ``remind.augment.sample_mixup_lambda``
+  (:func:`draw_like_fast_path`). A position indexes the arrival-ordered id list, so
+  positions name the same items as the fast buffer's slots up to the first eviction.
+  From then on the two orders part: the fast buffer puts the newcomer in the freed
+  slot, while ``list.remove`` closes the gap and shifts every later id.
+- The corrections listed in DESIGN.md: when fewer than ``r`` items are stored, every
+  stored item is replayed; a crop is resized back to its map's own size; the
+  per-class step learning rate is evaluated in closed form rather than through a
+  chain of ``StepLR`` schedulers.
 
-An optional ``timer`` (any object with ``mark(phase)``) is called at phase
-boundaries: ``g_forward``, ``encode``, ``sample_decode``, ``augment``,
+If ``timer`` is set (anything with a ``mark(phase)`` method), it is told when each
+phase ends: ``g_forward``, ``encode``, ``sample_decode``, ``augment``,
 ``f_forward_backward``, ``optimizer``, ``buffer_update``.
 """
 from __future__ import annotations
@@ -52,13 +59,15 @@ import torch.nn.functional as F
 from remind.augment import sample_crop_params, sample_mixup_lambda
 
 
+# ---------------------------------------------------------------------------------------------- random draws
 def draw_like_fast_path(rng: np.random.Generator, num_stored: int, num_samples: int, use_mixup: bool,
                         mixup_alpha: float, use_crops: bool, height: int, width: int):
-    """The draws of one fast-path replay step, from the same Generator calls in the same order.
+    """Everything one fast-path replay step draws, made with its Generator calls in its order.
 
-    Returns ``(positions, boxes, lam)``: positions in ``range(num_stored)`` (the fast
-    buffer's slots), crop boxes ``(1 + len(positions), 4)`` for the new map and the
-    replays (None without crops), and the mixup lambda (1.0 without mixing).
+    Returns ``(positions, boxes, lam)``. ``positions`` lie in ``range(num_stored)``
+    (the fast buffer's slots); ``boxes`` is ``(1 + len(positions), 4)``, one box for
+    the new map followed by one per replayed map, or None when crops are off; ``lam``
+    is the mixup weight, 1.0 when nothing is mixed.
     """
     positions = draw_positions(rng, num_stored, num_samples, use_mixup)
     boxes = sample_crop_params(rng, 1 + len(positions), height, width) if use_crops else None
@@ -67,17 +76,23 @@ def draw_like_fast_path(rng: np.random.Generator, num_stored: int, num_samples: 
 
 
 def draw_positions(rng: np.random.Generator, num_stored: int, num_samples: int, use_mixup: bool) -> np.ndarray:
-    wanted = num_samples * (2 if use_mixup else 1)
-    count = min(wanted, num_stored)
-    if count == num_stored:
-        positions = rng.permutation(num_stored)
+    """Distinct positions to replay: ``r`` (``2r`` with mixup), or all of them when fewer are stored.
+
+    With mixup and a short memory the count is rounded down to an even number, so
+    the replays split into two equal halves.
+    """
+    requested = num_samples * (2 if use_mixup else 1)
+    taken = min(requested, num_stored)
+    if taken == num_stored:
+        chosen = rng.permutation(num_stored)
     else:
-        positions = rng.choice(num_stored, size=count, replace=False)
-    if use_mixup and len(positions) < wanted:
-        positions = positions[:2 * (len(positions) // 2)]
-    return positions
+        chosen = rng.choice(num_stored, size=taken, replace=False)
+    if use_mixup and len(chosen) < requested:
+        chosen = chosen[:2 * (len(chosen) // 2)]
+    return chosen
 
 
+# ---------------------------------------------------------------------------------------------- G
 class HookedFeatureExtractor(nn.Module):
     """Runs the whole network and returns one inner layer's output, caught by a forward hook."""
 
@@ -85,61 +100,93 @@ class HookedFeatureExtractor(nn.Module):
         super().__init__()
         self.network = network
         self.layer_name = layer_name
-        self.outputs: dict[str, torch.Tensor] = {}
-        modules = dict(network.named_modules())
-        if layer_name not in modules:
+        self.captured: dict[str, torch.Tensor] = {}
+        submodules = dict(network.named_modules())
+        if layer_name not in submodules:
             raise ValueError(f"{layer_name!r} is not a module of the network")
-        modules[layer_name].register_forward_hook(self._keep)
+        submodules[layer_name].register_forward_hook(self._capture)
 
-    def _keep(self, module, inputs, output):
-        self.outputs[self.layer_name] = output.detach()
+    def _capture(self, module, inputs, output):
+        self.captured[self.layer_name] = output.detach()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        self.network(images)  # everything runs, down to fc; only the hooked output is used
-        return self.outputs[self.layer_name]
+        self.network(images)  # the full forward pass, fc included; we keep only the hooked layer's maps
+        return self.captured[self.layer_name]
 
 
+# ---------------------------------------------------------------------------------------------- memory
 class ReferenceBuffer:
-    """The original's buffer: a dict of ``[codes, label]`` per item id, a replay list, class lists, a counter."""
+    """Replay memory kept in Python containers, as the original keeps it.
+
+    ``entries`` maps item id -> ``[codes, label]`` (``label`` a 0-d int64 array);
+    ``replay_order`` lists the ids replay may draw from, oldest first;
+    ``ids_by_class`` maps label -> its ids; ``stored`` counts the items admitted
+    without an eviction, so once it reaches the limit every insertion evicts one item.
+    """
 
     def __init__(self, max_size: int | None = None, seed: int = 0):
-        self.latent_dict: dict[int, list] = {}
-        self.rehearsal_ixs: list[int] = []
-        self.class_id_to_item_ix_dict: dict[int, list[int]] = defaultdict(list)
-        self.count = 0
-        self.max_size = max_size
-        self.random = random.Random(seed)
+        self.entries: dict[int, list] = {}
+        self.replay_order: list[int] = []
+        self.ids_by_class: dict[int, list[int]] = defaultdict(list)
+        self.stored = 0
+        self.capacity = max_size
+        self.eviction_rng = random.Random(seed)
+
+    @property
+    def rehearsal_ixs(self) -> list[int]:
+        """``replay_order``: name kept for callers."""
+        return self.replay_order
+
+    @property
+    def latent_dict(self) -> dict[int, list]:
+        """``entries``: name kept for callers."""
+        return self.entries
 
     def __len__(self) -> int:
-        return len(self.rehearsal_ixs)
+        return len(self.replay_order)
 
-    def add_base_init(self, codes: np.ndarray, labels, item_ixs) -> None:
-        for x, y, item_ix in zip(codes, np.asarray(labels).tolist(), np.asarray(item_ixs).tolist()):
-            self.latent_dict[item_ix] = [x, np.array(y, dtype=np.int64)]
-            self.rehearsal_ixs.append(item_ix)
-            self.class_id_to_item_ix_dict[y].append(item_ix)
-            self.count += 1
+    def _record(self, codes: np.ndarray, label: int, item_id: int) -> None:
+        """Record one item in the three containers."""
+        self.entries[item_id] = [codes, np.array(label, dtype=np.int64)]
+        self.replay_order.append(item_id)
+        self.ids_by_class[label].append(item_id)
 
-    def update(self, x: np.ndarray, y: int, item_ix: int) -> int | None:
-        """Store a visited example; if over the limit, drop a random item of the largest class."""
-        y, item_ix = int(y), int(item_ix)
-        self.rehearsal_ixs.append(item_ix)
-        self.latent_dict[item_ix] = [x, np.array(y, dtype=np.int64)]
-        self.class_id_to_item_ix_dict[y].append(item_ix)
-        if self.max_size is not None and self.count >= self.max_size:
-            max_key = max(self.class_id_to_item_ix_dict, key=lambda c: len(self.class_id_to_item_ix_dict[c]))
-            max_class_list = self.class_id_to_item_ix_dict[max_key]
-            rand_item_ix = self.random.choice(max_class_list)
-            max_class_list.remove(rand_item_ix)
-            self.latent_dict.pop(rand_item_ix)
-            self.rehearsal_ixs.remove(rand_item_ix)
-            return rand_item_ix
-        self.count += 1
+    def add_base_init(self, codes: np.ndarray, labels, item_ids) -> None:
+        """Load the base-initialisation examples (no eviction, whatever the limit)."""
+        for item_codes, label, item_id in zip(codes, np.asarray(labels).tolist(), np.asarray(item_ids).tolist()):
+            self._record(item_codes, label, item_id)
+            self.stored += 1
+
+    def _largest_class_ids(self) -> list[int]:
+        """The id list of the class with the most items (the first such class on a tie).
+
+        Scans the labels and looks each list up, as the original does, to keep its cost.
+        """
+        fullest = max(self.ids_by_class, key=lambda label: len(self.ids_by_class[label]))
+        return self.ids_by_class[fullest]
+
+    def _evict_one(self) -> int:
+        """Take a random item of the largest class out of the memory; returns its id."""
+        candidates = self._largest_class_ids()
+        victim = self.eviction_rng.choice(candidates)
+        candidates.remove(victim)
+        del self.entries[victim]
+        self.replay_order.remove(victim)
+        return victim
+
+    def update(self, codes: np.ndarray, label: int, item_id: int) -> int | None:
+        """Store one streamed example; over the limit, evict one item. Returns the evicted id, or None."""
+        label, item_id = int(label), int(item_id)
+        self._record(codes, label, item_id)
+        if self.capacity is not None and self.stored >= self.capacity:
+            return self._evict_one()
+        self.stored += 1
         return None
 
 
+# ---------------------------------------------------------------------------------------------- learner
 class ReferenceREMIND:
-    """The original's streaming learner, with the fast path's random draws (see the module docstring).
+    """The streaming learner in the original's structure, drawing like the fast path (see the module docstring).
 
     Args:
         full_network: the whole base-init network (parameters named ``model.*``).
@@ -156,18 +203,19 @@ class ReferenceREMIND:
         import faiss
 
         self.device = torch.device(device)
-        self.classifier_G = HookedFeatureExtractor(full_network.to(self.device), extract_features_from)
+        self.trunk = HookedFeatureExtractor(full_network.to(self.device), extract_features_from)
         self.classifier_F = classifier_F.to(self.device)
-        # one parameter group per parameter, as the original's get_trainable_params
-        groups = [{"params": p, "lr": start_lr} for _, p in self.classifier_F.named_parameters()]
-        self.optimizer = torch.optim.SGD(groups, lr=start_lr, momentum=0.9, weight_decay=weight_decay)
-        self.criterion = nn.CrossEntropyLoss(reduction="none")
+        # a separate parameter group for every tensor of F, the way the original builds its optimizer
+        per_tensor_groups = [{"params": [param], "lr": start_lr} for param in self.classifier_F.parameters()]
+        self.optimizer = torch.optim.SGD(per_tensor_groups, lr=start_lr, momentum=0.9, weight_decay=weight_decay)
+        self.per_example_loss = nn.CrossEntropyLoss(reduction="none")
 
         centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-        num_codebooks, codebook_size, dsub = centroids.shape
+        num_codebooks, codebook_size, sub_dim = centroids.shape
         if codebook_size != 256:
-            raise ValueError("the reference loop stores one uint8 per code, as the original: codebook_size must be 256")
-        self.num_codebooks, self.num_channels = num_codebooks, num_codebooks * dsub
+            raise ValueError("the reference loop keeps each code in one uint8, like the original: "
+                             "codebook_size must be 256")
+        self.num_codebooks, self.num_channels = num_codebooks, num_codebooks * sub_dim
         self.pq = faiss.ProductQuantizer(self.num_channels, num_codebooks, 8)
         faiss.copy_array_to_vector(centroids.ravel(), self.pq.centroids)
 
@@ -177,138 +225,159 @@ class ReferenceREMIND:
         self.use_random_resize_crops = use_random_resize_crops
         self.grad_clip = grad_clip
         self.lr_mode, self.start_lr, self.lr_step_size = lr_mode, start_lr, lr_step_size
-        self.lr_gamma = math.exp(lr_step_size * math.log(end_lr / start_lr) / lr_examples_per_class)
-        self.class_steps: dict[int, int] = defaultdict(int)
+        # the factor that takes start_lr to end_lr after lr_examples_per_class steps, applied every lr_step_size
+        self.lr_decay = math.exp(lr_step_size * math.log(end_lr / start_lr) / lr_examples_per_class)
+        self.steps_per_class: dict[int, int] = defaultdict(int)
         self.buffer = ReferenceBuffer(max_buffer_size, seed)
         self.timer = None
 
-    def _mark(self, phase: str) -> None:
+    def _phase_done(self, phase: str) -> None:
         if self.timer is not None:
             self.timer.mark(phase)
 
-    # ------------------------------------------------------------- G and PQ
+    # ---------------------------------------------------------------------------------- G, PQ and the memory
     def extract(self, images: torch.Tensor) -> np.ndarray:
-        """G's maps on the host, ``(B, C, H, W)`` float32 numpy."""
-        self.classifier_G.eval()
-        return self.classifier_G(images.to(self.device)).cpu().numpy()
+        """G's maps for a batch of images, as host float32 numpy ``(B, C, H, W)``."""
+        self.trunk.eval()
+        return self.trunk(images.to(self.device)).cpu().numpy()
 
     def encode(self, maps: np.ndarray) -> np.ndarray:
-        """faiss codes ``(B, H, W, M)`` uint8 of host maps ``(B, C, H, W)``."""
-        b, c, h, w = maps.shape
-        vectors = np.reshape(np.transpose(maps, (0, 2, 3, 1)), (-1, c))
-        codes = self.pq.compute_codes(vectors)
-        return np.reshape(codes, (-1, h, w, self.num_codebooks))
+        """faiss codes ``(B, H, W, M)`` uint8 for host maps ``(B, C, H, W)``."""
+        _, channels, height, width = maps.shape
+        channel_vectors = np.reshape(np.transpose(maps, (0, 2, 3, 1)), (-1, channels))
+        flat_codes = self.pq.compute_codes(channel_vectors)
+        return np.reshape(flat_codes, (-1, height, width, self.num_codebooks))
 
-    def gather(self, x: np.ndarray, y: int, item_ixs) -> tuple[np.ndarray, torch.Tensor]:
-        """New codes plus the replayed items' codes (host array) and labels (device tensor), item by item."""
-        data_codes = np.empty((1 + len(item_ixs), *x.shape), dtype=np.uint8)
-        data_labels = torch.empty(1 + len(item_ixs), dtype=torch.long, device=self.device)
-        data_codes[0] = x
-        data_labels[0] = int(y)
-        for ii, v in enumerate(item_ixs):
-            data_codes[ii + 1] = self.buffer.latent_dict[v][0]
-            data_labels[ii + 1] = torch.from_numpy(self.buffer.latent_dict[v][1])
-        return data_codes, data_labels
+    def gather(self, x: np.ndarray, y: int, item_ids) -> tuple[np.ndarray, torch.Tensor]:
+        """Row 0 the new example, then the listed stored items: codes in a host array, labels in a device tensor.
 
-    def decode(self, data_codes: np.ndarray) -> torch.Tensor:
-        """Host faiss decode of ``(n, H, W, M)`` codes; NCHW maps on the device (strides as numpy's transpose)."""
-        n, h, w, m = data_codes.shape
-        recon = self.pq.decode(np.reshape(data_codes, (n * h * w, m)))
-        recon = np.reshape(recon, (-1, h, w, self.num_channels))
-        return torch.from_numpy(np.transpose(recon, (0, 3, 1, 2))).to(self.device)
+        Both are filled one item at a time, each label a separate host-to-device copy.
+        """
+        rows = 1 + len(item_ids)
+        codes = np.empty((rows, *x.shape), dtype=np.uint8)
+        labels = torch.empty(rows, dtype=torch.long, device=self.device)
+        codes[0] = x
+        labels[0] = int(y)
+        for row, item_id in enumerate(item_ids, start=1):
+            stored_codes, stored_label = self.buffer.entries[item_id]
+            codes[row] = stored_codes
+            labels[row] = torch.from_numpy(stored_label)
+        return codes, labels
 
+    def decode(self, codes: np.ndarray) -> torch.Tensor:
+        """faiss decode on the host of ``(n, H, W, M)`` codes; NCHW device maps (strided like numpy's transpose)."""
+        count, height, width, num_codebooks = codes.shape
+        vectors = self.pq.decode(np.reshape(codes, (count * height * width, num_codebooks)))
+        nhwc = np.reshape(vectors, (-1, height, width, self.num_channels))
+        return torch.from_numpy(np.transpose(nhwc, (0, 3, 1, 2))).to(self.device)
+
+    # ---------------------------------------------------------------------------------- augmentation
     @staticmethod
-    def crop_resize(tens: torch.Tensor, box) -> torch.Tensor:
-        """One map ``(C, H, W)``: crop to ``(top, left, h, w)``, resize back bilinearly."""
-        top, left, h, w = (int(v) for v in box)
-        crop = tens[:, top:top + h, left:left + w]
-        return F.interpolate(crop.unsqueeze(0), size=tuple(tens.shape[1:]), mode="bilinear",
+    def crop_resize(feature_map: torch.Tensor, box) -> torch.Tensor:
+        """Crop one ``(C, H, W)`` map to the box ``(top, left, h, w)`` and resize it bilinearly to ``(H, W)``."""
+        top, left, box_h, box_w = (int(v) for v in box)
+        window = feature_map[:, top:top + box_h, left:left + box_w]
+        return F.interpolate(window.unsqueeze(0), size=tuple(feature_map.shape[1:]), mode="bilinear",
                              align_corners=False).squeeze(0)
 
-    # ------------------------------------------------------------- one step
+    def _crop_each(self, maps: torch.Tensor, boxes) -> torch.Tensor:
+        """Crop-and-resize the maps one at a time, into a new tensor."""
+        out = torch.empty_like(maps)
+        for row, feature_map in enumerate(maps):
+            out[row] = self.crop_resize(feature_map, boxes[row])
+        return out
+
+    def _mixup_batch(self, maps: torch.Tensor, labels: torch.Tensor, y: int, lam: float):
+        """F's inputs with mixup: the new map unchanged, then the first replay half mixed with the second.
+
+        The batch is assembled in a fresh host tensor, and so are the two label
+        vectors (the new label followed by each half's labels). Returns them on the host.
+        """
+        half = (maps.shape[0] - 1) // 2
+        blended = lam * maps[1:1 + half] + (1 - lam) * maps[1 + half:]
+        inputs = torch.empty((half + 1, *maps.shape[1:]))
+        inputs[0] = maps[0]
+        inputs[1:] = blended.clone()
+        first_labels = torch.zeros(half + 1).long()
+        second_labels = torch.zeros(half + 1).long()
+        first_labels[0] = y
+        second_labels[0] = y
+        first_labels[1:] = labels[1:1 + half]
+        second_labels[1:] = labels[1 + half:]
+        return inputs, first_labels, second_labels
+
+    # ---------------------------------------------------------------------------------- one step
     def current_lr(self, y: int) -> float:
         if self.lr_mode == "constant":
             return self.start_lr
-        return self.start_lr * self.lr_gamma ** (self.class_steps[y] // self.lr_step_size)
+        return self.start_lr * self.lr_decay ** (self.steps_per_class[y] // self.lr_step_size)
 
     def replay_step(self, x: np.ndarray, y: int, rng: np.random.Generator | None = None, item_ixs=None,
                     crop_boxes: np.ndarray | None = None, lam: float | None = None) -> float:
-        """One SGD step on the new example's codes ``x (H, W, M)`` plus replays; returns the loss.
+        """One SGD step on the new example's codes ``x (H, W, M)`` and its replays; returns the loss.
 
-        Either pass ``rng`` (draws are made here, at the points where the fast path
-        makes them), or pass ``item_ixs``, ``crop_boxes`` (with crops) and ``lam``
-        (with mixup) drawn beforehand.
+        Give either ``rng``, and the draws are made here at the fast path's points, or
+        the ids to replay (``item_ixs``) with ``crop_boxes`` (when cropping) and ``lam``
+        (when mixing) drawn beforehand.
         """
         y = int(y)
         if rng is not None:
-            positions = draw_positions(rng, len(self.buffer.rehearsal_ixs), self.num_samples, self.use_mixup)
-            item_ixs = [self.buffer.rehearsal_ixs[p] for p in positions.tolist()]
-        data_codes, data_labels = self.gather(x, y, item_ixs)
-        recon = self.decode(data_codes)
-        self._mark("sample_decode")
+            positions = draw_positions(rng, len(self.buffer.replay_order), self.num_samples, self.use_mixup)
+            item_ixs = [self.buffer.replay_order[p] for p in positions.tolist()]
+        codes, labels = self.gather(x, y, item_ixs)
+        maps = self.decode(codes)
+        self._phase_done("sample_decode")
 
-        n_replay = len(item_ixs)
         if self.use_random_resize_crops:
             if rng is not None:
-                crop_boxes = sample_crop_params(rng, recon.shape[0], recon.shape[2], recon.shape[3])
-            transformed = torch.empty_like(recon)
-            for tens_ix, tens in enumerate(recon):
-                transformed[tens_ix] = self.crop_resize(tens, crop_boxes[tens_ix])
-            recon = transformed
+                crop_boxes = sample_crop_params(rng, maps.shape[0], maps.shape[2], maps.shape[3])
+            maps = self._crop_each(maps, crop_boxes)
 
-        if self.use_mixup and n_replay >= 2:
+        if self.use_mixup and len(item_ixs) >= 2:
             if rng is not None:
                 lam = sample_mixup_lambda(rng, self.mixup_alpha)
-            half = n_replay // 2
-            mixed = lam * recon[1:1 + half] + (1 - lam) * recon[1 + half:]
-            data = torch.empty((half + 1, *recon.shape[1:]))
-            data[0] = recon[0]
-            data[1:] = mixed.clone()
-            labels_a = torch.zeros(half + 1).long()
-            labels_b = torch.zeros(half + 1).long()
-            labels_a[0] = y
-            labels_b[0] = y
-            labels_a[1:] = data_labels[1:1 + half]
-            labels_b[1:] = data_labels[1 + half:]
-            self._mark("augment")
-            output = self.classifier_F(data.to(self.device))
-            loss = (lam * self.criterion(output, labels_a.to(self.device))
-                    + (1 - lam) * self.criterion(output, labels_b.to(self.device)))
+            inputs, first_labels, second_labels = self._mixup_batch(maps, labels, y, lam)
+            self._phase_done("augment")
+            logits = self.classifier_F(inputs.to(self.device))
+            loss = (lam * self.per_example_loss(logits, first_labels.to(self.device))
+                    + (1 - lam) * self.per_example_loss(logits, second_labels.to(self.device)))
         else:
-            self._mark("augment")
-            output = self.classifier_F(recon)
-            loss = self.criterion(output, data_labels)
+            self._phase_done("augment")
+            logits = self.classifier_F(maps)
+            loss = self.per_example_loss(logits, labels)
         loss = loss.mean()
         self.optimizer.zero_grad()
         loss.backward()
-        self._mark("f_forward_backward")
+        self._phase_done("f_forward_backward")
 
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.classifier_F.parameters(), self.grad_clip)
-        lr = self.current_lr(y)
+        step_lr = self.current_lr(y)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = step_lr
         self.optimizer.step()
-        self.class_steps[y] += 1
+        self.steps_per_class[y] += 1
         loss_value = loss.item()
-        self._mark("optimizer")
+        self._phase_done("optimizer")
         return loss_value
 
-    def update_buffer(self, x: np.ndarray, y: int, item_ix: int) -> int | None:
-        evicted = self.buffer.update(x, y, item_ix)
-        self._mark("buffer_update")
+    def update_buffer(self, x: np.ndarray, y: int, item_id: int) -> int | None:
+        """Insert the example just trained on into the memory; returns the evicted id, if any."""
+        evicted = self.buffer.update(x, y, item_id)
+        self._phase_done("buffer_update")
         return evicted
 
     def fit_incremental_batch(self, batches, rng: np.random.Generator) -> list[float]:
-        """Stream ``(images, labels, item_ixs)`` batches one example at a time; returns the step losses."""
+        """Stream ``(images, labels, item_ids)`` batches one example at a time; returns every step's loss."""
         self.classifier_F.train()
         losses = []
-        for images, labels, item_ixs in batches:
+        for images, batch_labels, batch_ids in batches:
             maps = self.extract(images)
-            self._mark("g_forward")
-            codes = self.encode(maps)
-            self._mark("encode")
-            for x, y, item_ix in zip(codes, np.asarray(labels).tolist(), np.asarray(item_ixs).tolist()):
-                losses.append(self.replay_step(x, y, rng))
-                self.update_buffer(x, y, item_ix)
+            self._phase_done("g_forward")
+            batch_codes = self.encode(maps)
+            self._phase_done("encode")
+            for codes, label, item_id in zip(batch_codes, np.asarray(batch_labels).tolist(),
+                                             np.asarray(batch_ids).tolist()):
+                losses.append(self.replay_step(codes, label, rng))
+                self.update_buffer(codes, label, item_id)
         return losses

@@ -1,108 +1,116 @@
-"""The REMIND learner for class-incremental image classification.
+"""The REMIND learner for class-incremental image classification: the image adapter of remind.learner.
 
 G (frozen trunk) -> PQ codes -> replay buffer; every streamed example takes one
-SGD step on F over itself plus ``num_samples`` decoded replays
-(:meth:`REMINDModel.replay_step`). The offline baseline
-(:meth:`REMINDModel.fit_offline`) instead stores every example's codes and
-retrains a fresh F for several epochs on the whole buffer. All random draws (replay sampling,
-eviction, crops, mixup) come from one numpy Generator the model owns and
-checkpoints, so a resumed run continues the same sequence.
+SGD step on F over itself plus ``num_samples`` decoded replays, through the
+shared :class:`remind.learner.StreamingLearner`. What is particular to images
+lives here: the G/F split of one ResNet, the per-class step learning rate,
+feature-map random resized crops and mixup, and the offline baseline
+(:meth:`REMINDModel.fit_offline`: every example's codes stored, a fresh F
+retrained for several epochs on the whole buffer). All random draws (replay
+sampling, eviction, crops, mixup, offline shuffles) come from the learner's one
+numpy Generator, checkpointed with it, so a resumed run continues the same sequence.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
+import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from image_classification_experiments.configs import REMINDConfig
 from image_classification_experiments.resnet_models import build_plastic, build_trunk
 from remind.augment import mixup, random_resized_crop, sample_mixup_lambda
 from remind.buffer import ReplayBuffer
-from remind.checkpoint import (CheckpointError, atomic_torch_save, load_state, rng_from_json,
-                               rng_state_to_json, safe_load, save_state)
+from remind.checkpoint import CheckpointError, atomic_torch_save, load_run_state, save_run_state
+from remind.cli import default_device
+from remind.learner import ReplayBatch, StreamingLearner
 from remind.lr import step_lr_gamma
-from remind.pq import MAX_POINTS_PER_CENTROID, PQCodec, check_pq_shape
+from remind.pq import MAX_POINTS_PER_CENTROID, PQCodec, TrainingVectorSampler, check_pq_shape
 
+# Constructor keywords of the original REMINDModel -> REMINDConfig fields.
+_KEYWORDS = {"num_samples": "replays_per_step", "use_random_resize_crops": "use_random_resized_crops"}
 # Settings a resumed run must share with the run that wrote the checkpoint.
-_FIXED_SETTINGS = ("num_classes", "classifier_G", "extract_features_from", "classifier_F", "num_channels",
-                   "num_codebooks", "codebook_size")
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+_IDENTITY_FIELDS = ("num_classes", "classifier_G", "extract_features_from", "classifier_F", "num_channels",
+                    "num_codebooks", "codebook_size")
 
 
 class REMINDModel:
-    """Streaming learner.
+    """Streaming learner for images.
 
-    Args mirror the original's (``classifier_G``: full-network arch of the
-    checkpoint; ``classifier_F``: plastic head; ``num_samples``: replays per
-    step). New: ``lr_examples_per_class`` (int, or ``(num_classes,)`` array of
-    per-class counts) replaces the hard-coded 1300; ``device``; ``seed``;
-    ``pq_backend`` (``torch`` or ``faiss`` for encoding).
+    Args:
+        num_classes: outputs of F (fills ``config.num_classes`` when given).
+        classifier_ckpt: base-init checkpoint G and F are cut from (None: random init).
+        device: ``cuda`` or ``cpu`` (default: cuda when present).
+        config: all other settings (:class:`REMINDConfig`); or pass its fields as keywords, with the
+            original's names ``num_samples`` (replays per step) and ``use_random_resize_crops``.
     """
 
-    def __init__(self, num_classes: int, classifier_G: str = "ResNet18ClassifyAfterLayer4_1",
-                 extract_features_from: str = "model.layer4.0", classifier_F: str = "ResNet18_StartAt_Layer4_1",
-                 classifier_ckpt: str | None = None, weight_decay: float = 1e-5,
-                 lr_mode: str = "step_lr_per_class", lr_step_size: int = 100, start_lr: float = 0.1,
-                 end_lr: float = 0.001, lr_examples_per_class=1300, num_samples: int = 50,
-                 use_mixup: bool = False, mixup_alpha: float = 0.1, grad_clip: float | None = None,
-                 num_channels: int = 512, num_codebooks: int = 32, codebook_size: int = 256,
-                 use_random_resize_crops: bool = True, max_buffer_size: int | None = None,
-                 device: str | None = None, seed: int = 0, pq_backend: str = "torch"):
-        check_pq_shape(num_channels, num_codebooks, codebook_size)
-        if lr_mode not in ("step_lr_per_class", "constant"):
-            raise ValueError(f"unknown --lr_mode {lr_mode!r}; use step_lr_per_class or constant")
-        self.settings = dict(num_classes=num_classes, classifier_G=classifier_G,
-                             extract_features_from=extract_features_from, classifier_F=classifier_F,
-                             num_channels=num_channels, num_codebooks=num_codebooks, codebook_size=codebook_size)
-        self.num_classes = num_classes
-        self.classifier_ckpt, self.weight_decay = classifier_ckpt, weight_decay
+    def __init__(self, num_classes: int | None = None, classifier_ckpt: str | None = None,
+                 device: str | None = None, config: REMINDConfig | None = None, **settings):
+        settings = {_KEYWORDS.get(k, k): v for k, v in settings.items()}
+        if num_classes is not None:
+            settings["num_classes"] = num_classes
+        config = dataclasses.replace(config or REMINDConfig(), **settings)
+        check_pq_shape(config.num_channels, config.num_codebooks, config.codebook_size)
+        if isinstance(config.lr_examples_per_class, str):
+            raise ValueError("lr_examples_per_class 'auto' must be resolved to counts before building the model")
+        self.config, self.classifier_ckpt = config, classifier_ckpt
+        self.num_classes = config.num_classes
         self.device = torch.device(device or default_device())
-        self.classifier_G = build_trunk(classifier_G, classifier_ckpt, extract_features_from,
-                                        num_classes).to(self.device)
-        self.classifier_F = build_plastic(classifier_F, classifier_ckpt, num_classes).to(self.device)
-        self.start_lr = start_lr
+        self.classifier_G = build_trunk(config.classifier_G, classifier_ckpt, config.extract_features_from,
+                                        config.num_classes).to(self.device)
+        self.classifier_F = build_plastic(config.classifier_F, classifier_ckpt, config.num_classes).to(self.device)
         self.reset_optimizer()
         self.criterion = nn.CrossEntropyLoss(reduction="none")
-
-        self.lr_mode, self.start_lr = lr_mode, start_lr
-        self.lr_step_size = lr_step_size
-        per_class = np.broadcast_to(np.asarray(lr_examples_per_class, dtype=np.float64), (num_classes,))
-        self.lr_gamma = np.array([step_lr_gamma(start_lr, end_lr, lr_step_size, max(int(n), 1))
+        per_class = np.broadcast_to(np.asarray(config.lr_examples_per_class, dtype=np.float64), (self.num_classes,))
+        self.lr_gamma = np.array([step_lr_gamma(config.start_lr, config.end_lr, config.lr_step_size, max(int(n), 1))
                                   for n in per_class])
-        self.class_steps = np.zeros(num_classes, dtype=np.int64)  # SGD steps spent on each class
+        self.class_steps = np.zeros(self.num_classes, dtype=np.int64)  # SGD steps spent on each class
+        self._first_rng = np.random.default_rng(config.seed)  # handed to the learner when it is created
+        self.learner: StreamingLearner | None = None
 
-        self.num_samples = num_samples
-        self.use_mixup, self.mixup_alpha = use_mixup, mixup_alpha
-        self.grad_clip = grad_clip
-        self.num_channels, self.num_codebooks, self.codebook_size = num_channels, num_codebooks, codebook_size
-        self.use_random_resize_crops = use_random_resize_crops
-        self.max_buffer_size = max_buffer_size
-        self.pq_backend = pq_backend
-        self.rng = np.random.default_rng(seed)
-        self.seed = seed
-        self.pq: PQCodec | None = None
-        self.replay_buffer: ReplayBuffer | None = None
-        # Optional object with .mark(phase) called at phase boundaries of a step (benchmarks/bench_stream.py).
-        self.phase_timer = None
+    # ----------------------------------------------------------------- parts
+    @property
+    def pq(self) -> PQCodec | None:
+        return None if self.learner is None else self.learner.codec
 
-    # ----------------------------------------------------------------- features
+    @property
+    def replay_buffer(self) -> ReplayBuffer | None:
+        return None if self.learner is None else self.learner.buffer
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """The run's generator: the learner's once it exists (replays, eviction, crops, mixup, shuffles)."""
+        return self._first_rng if self.learner is None else self.learner.rng
+
+    @property
+    def settings(self) -> dict:
+        """The settings that fix the network and code geometry (checked on resume)."""
+        return {k: getattr(self.config, k) for k in _IDENTITY_FIELDS}
+
+    def start_from(self, codec: PQCodec, code_shape: tuple[int, int, int]) -> None:
+        """Create the learner around ``codec`` with an empty buffer of ``code_shape`` (H, W, M) codes."""
+        buffer = ReplayBuffer(code_shape, self.num_classes, self.config.max_buffer_size, self.device)
+        self.learner = StreamingLearner(
+            self.classifier_F, self.optimizer, codec.to(self.device), buffer, self._first_rng,
+            replays_per_step=self.config.replays_per_step * (2 if self.config.use_mixup else 1),
+            even_replays=self.config.use_mixup, grad_clip=self.config.grad_clip,
+            contiguous_maps=not self.config.use_random_resized_crops)
+
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         """G's feature maps ``(B, C, H, W)`` for ``images (B, 3, S, S)``."""
         maps = self.classifier_G(images.to(self.device, non_blocking=True))
-        if maps.shape[1] != self.num_channels:
-            raise ValueError(f"G ({self.settings['extract_features_from']}) gives {maps.shape[1]} channels but "
-                             f"--num_channels is {self.num_channels}; set --num_channels {maps.shape[1]}")
+        if maps.shape[1] != self.config.num_channels:
+            raise ValueError(f"G ({self.config.extract_features_from}) gives {maps.shape[1]} channels but "
+                             f"--num_channels is {self.config.num_channels}; set --num_channels {maps.shape[1]}")
         return maps
 
-    def _new_buffer(self, code_shape) -> ReplayBuffer:
-        return ReplayBuffer(code_shape, self.num_classes, self.max_buffer_size, self.device)
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pq.encode_maps(self._features(images), self.config.pq_backend)
 
     def fit_pq(self, base_loader, max_cached_bytes: int = 2 << 30) -> None:
         """Base initialisation: train the PQ on G's base-init vectors, then fill the buffer with their codes.
@@ -112,114 +120,86 @@ class REMINDModel:
         Feature maps are kept for encoding when they fit in
         ``max_cached_bytes``; otherwise G runs a second pass.
         """
-        sampler = np.random.default_rng(self.seed + 1)
-        cached, train_vectors, offset = [], [], 0
-        num_vectors, keep_cache = None, True
+        cached, sampler, keep_cache = [], None, True
         for images, labels, ids in tqdm(base_loader, desc="base init: G features", leave=False):
             maps = self._features(images)
             b, c, h, w = maps.shape
-            if num_vectors is None:
-                num_vectors = len(base_loader.dataset) * h * w
-                wanted = min(num_vectors, self.codebook_size * MAX_POINTS_PER_CENTROID)
-                chosen = np.sort(sampler.choice(num_vectors, wanted, replace=False))
+            if sampler is None:
+                wanted = self.config.codebook_size * MAX_POINTS_PER_CENTROID
+                sampler = TrainingVectorSampler(len(base_loader.dataset) * h * w, wanted,
+                                                np.random.default_rng(self.config.seed + 1))
                 keep_cache = len(base_loader.dataset) * c * h * w * 4 <= max_cached_bytes
-            vectors = maps.permute(0, 2, 3, 1).reshape(-1, c)
-            here = chosen[(chosen >= offset) & (chosen < offset + len(vectors))] - offset
-            train_vectors.append(vectors[torch.from_numpy(here).to(vectors.device)].cpu())
-            offset += len(vectors)
+            sampler.take(maps.permute(0, 2, 3, 1).reshape(-1, c))
             if keep_cache:
                 cached.append((maps.cpu(), labels, ids))
-        if num_vectors is None:
+        if sampler is None:
             raise ValueError("the base-init loader is empty; check --base_init_classes and the label files")
-        self.pq = PQCodec.train(torch.cat(train_vectors).numpy(), self.num_codebooks, self.codebook_size,
-                                device=self.device)
-        self.replay_buffer = self._new_buffer((h, w, self.num_codebooks))
+        codec = PQCodec.train(sampler.vectors(), self.config.num_codebooks, self.config.codebook_size,
+                              device=self.device)
+        self.start_from(codec, (h, w, self.config.num_codebooks))
         batches = cached if keep_cache else ((self._features(x), y, i) for x, y, i in base_loader)
         for maps, labels, ids in tqdm(batches, desc="base init: encode", leave=False):
-            codes = self.pq.encode_maps(maps.to(self.device), self.pq_backend)
-            self.replay_buffer.add_batch(codes, labels.numpy(), ids.numpy())
+            self.learner.store(self.pq.encode_maps(maps.to(self.device), self.config.pq_backend),
+                               labels.numpy(), ids.numpy())
 
     # ---------------------------------------------------------------- training
     def current_lr(self, label: int) -> float:
-        if self.lr_mode == "constant":
-            return self.start_lr
-        return float(self.start_lr * self.lr_gamma[label] ** (self.class_steps[label] // self.lr_step_size))
+        if self.config.lr_mode == "constant":
+            return self.config.start_lr
+        return float(self.config.start_lr
+                     * self.lr_gamma[label] ** (self.class_steps[label] // self.config.lr_step_size))
 
-    def _draw_replay_slots(self) -> np.ndarray:
-        wanted = self.num_samples * (2 if self.use_mixup else 1)
-        slots = self.replay_buffer.sample(wanted, self.rng)
-        if self.use_mixup and len(slots) < wanted:
-            slots = slots[:2 * (len(slots) // 2)]  # mixup pairs the first half with the second
-        return slots
+    def _augment(self, batch: ReplayBatch):
+        """Crops (when on) and mixup of the replays (not of the new example, row 0).
 
-    def _decode_augmented(self, codes: torch.Tensor) -> torch.Tensor:
-        """Decode ``(n, H, W, M)`` codes to maps ``(n, C, H, W)``, random-resized-cropped when crops are on."""
-        maps = self.pq.decode_maps(codes, contiguous=not self.use_random_resize_crops)
-        if self.phase_timer is not None:
-            self.phase_timer.mark("sample_decode")
-        if self.use_random_resize_crops:
-            maps = random_resized_crop(maps, self.rng)
-        return maps
+        Returns ``(inputs, labels_a, labels_b, lam)``: the loss is ``lam * CE(y_a) + (1 - lam) * CE(y_b)``.
+        """
+        maps = random_resized_crop(batch.maps, self.rng) if self.config.use_random_resized_crops else batch.maps
+        labels, replays = batch.labels, batch.num_replays
+        if self.config.use_mixup and replays >= 2:
+            half = replays // 2
+            lam = sample_mixup_lambda(self.rng, self.config.mixup_alpha)
+            inputs = torch.cat([maps[:1], mixup(maps[1:1 + half], maps[1 + half:], lam)])
+            return inputs, labels[:1 + half], torch.cat([labels[:1], labels[1 + half:]]), lam
+        return maps, labels, labels, 1.0
 
-    def replay_step(self, new_codes: torch.Tensor, label: int) -> torch.Tensor:
+    def _loss(self, inputs, labels_a, labels_b, lam: float) -> torch.Tensor:
+        output = self.classifier_F(inputs)
+        loss = self.criterion(output, labels_a)
+        if lam != 1.0:
+            loss = lam * loss + (1.0 - lam) * self.criterion(output, labels_b)
+        return loss.mean()
+
+    def _replay_loss(self, batch: ReplayBatch) -> torch.Tensor:
+        return self._loss(*self._augment(batch))
+
+    def replay_step(self, new_codes: torch.Tensor, label: int, example_id: int = -1,
+                    insert: bool = False) -> torch.Tensor:
         """One SGD step on F over the new example plus replayed ones; returns the loss (a 0-d tensor, no sync).
 
         Args:
             new_codes: ``(H, W, M)`` uint8 codes of the new example.
             label: its class.
+            insert: also store it afterwards (what streaming does; tests step without storing).
         """
-        slots = self._draw_replay_slots()
-        replay_codes, replay_labels = self.replay_buffer.gather(slots)
-        codes = torch.cat([new_codes.unsqueeze(0).to(self.device), replay_codes])
-        labels = torch.cat([torch.tensor([label], device=self.device), replay_labels])
-        maps = self._decode_augmented(codes)
-        if self.use_mixup and len(slots) >= 2:
-            half = len(slots) // 2
-            lam = sample_mixup_lambda(self.rng, self.mixup_alpha)
-            inputs = torch.cat([maps[:1], mixup(maps[1:1 + half], maps[1 + half:], lam)])
-            labels_a, labels_b = labels[:1 + half], torch.cat([labels[:1], labels[1 + half:]])
-        else:
-            lam, inputs, labels_a, labels_b = 1.0, maps, labels, labels
-        if self.phase_timer is not None:
-            self.phase_timer.mark("augment")
-        loss = self._sgd_step(inputs, labels_a, labels_b, lam, self.current_lr(label))
+        loss = self.learner.step(new_codes, label, example_id, self._replay_loss, self.current_lr(label),
+                                 store=insert)
         self.class_steps[label] += 1
         return loss
-
-    def _sgd_step(self, inputs, labels_a, labels_b, lam: float, lr: float) -> torch.Tensor:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        output = self.classifier_F(inputs)
-        loss = self.criterion(output, labels_a)
-        if lam != 1.0:
-            loss = lam * loss + (1.0 - lam) * self.criterion(output, labels_b)
-        loss = loss.mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.phase_timer is not None:
-            self.phase_timer.mark("f_forward_backward")
-        if self.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.classifier_F.parameters(), self.grad_clip)
-        self.optimizer.step()
-        if self.phase_timer is not None:
-            self.phase_timer.mark("optimizer")
-        return loss.detach()
 
     def fit_incremental_batch(self, curr_loader, verbose: bool = True) -> float:
         """Stream every example of ``curr_loader`` (batches of ``(images, labels, ids)``) once, in order.
 
         Returns the mean training loss.
         """
-        if self.replay_buffer is None:
+        if self.learner is None:
             raise RuntimeError("call fit_pq (base initialisation) or resume before streaming")
         self.classifier_F.train()
         total, count = torch.zeros((), device=self.device), 0
         progress = tqdm(total=len(curr_loader.dataset), desc="streaming", disable=not verbose, leave=False)
         for images, labels, ids in curr_loader:
-            batch_codes = self.pq.encode_maps(self._features(images), self.pq_backend)
-            for codes, label, example_id in zip(batch_codes, labels.tolist(), ids.tolist()):
-                total += self.replay_step(codes, label)
-                self.replay_buffer.insert(codes, label, example_id, self.rng)
+            for codes, label, example_id in zip(self._encode(images), labels.tolist(), ids.tolist()):
+                total += self.replay_step(codes, label, example_id, insert=True)
                 count += 1
             progress.update(len(labels))
             progress.set_postfix(loss=f"{float(total) / max(count, 1):.4f}")  # a sync point, once per batch
@@ -229,17 +209,18 @@ class REMINDModel:
     # ------------------------------------------------------- offline baseline
     def store_incremental_batch(self, curr_loader, verbose: bool = True) -> None:
         """Encode every example of ``curr_loader`` and add its codes to the buffer, with no SGD step."""
-        if self.replay_buffer is None:
+        if self.learner is None:
             raise RuntimeError("call fit_pq (base initialisation) or resume before adding examples")
         for images, labels, ids in tqdm(curr_loader, desc="offline: encode", disable=not verbose, leave=False):
-            codes = self.pq.encode_maps(self._features(images), self.pq_backend)
-            self.replay_buffer.add_batch(codes, labels.numpy(), ids.numpy())
+            self.learner.store(self._encode(images), labels.numpy(), ids.numpy())
 
     def reset_optimizer(self) -> None:
         """The streaming optimizer over F, without momentum history."""
         # Fused SGD: same update, about half the time of the default on this CPU.
-        self.optimizer = torch.optim.SGD(self.classifier_F.parameters(), lr=self.start_lr, momentum=0.9,
-                                         weight_decay=self.weight_decay, fused=True)
+        self.optimizer = torch.optim.SGD(self.classifier_F.parameters(), lr=self.config.start_lr, momentum=0.9,
+                                         weight_decay=self.config.weight_decay, fused=True)
+        if getattr(self, "learner", None) is not None:
+            self.learner.plastic_net, self.learner.optimizer = self.classifier_F, self.optimizer
 
     def fit_offline(self, epochs: int, batch_size: int = 256, lr: float = 0.1, verbose: bool = True) -> float:
         """Offline upper bound: a fresh F (from the base-init checkpoint) trained on the whole buffer.
@@ -249,20 +230,24 @@ class REMINDModel:
         decay, LR on a cosine from ``lr`` to 0 over all steps. Shuffles and crops
         come from the run's generator. Returns the last epoch's mean loss.
         """
-        self.classifier_F = build_plastic(self.settings["classifier_F"], self.classifier_ckpt,
+        self.classifier_F = build_plastic(self.config.classifier_F, self.classifier_ckpt,
                                           self.num_classes).to(self.device)
         self.optimizer = torch.optim.SGD(self.classifier_F.parameters(), lr=lr, momentum=0.9,
-                                         weight_decay=self.weight_decay, fused=True)
+                                         weight_decay=self.config.weight_decay, fused=True)
+        learner = self.learner
+        learner.plastic_net, learner.optimizer = self.classifier_F, self.optimizer
         self.classifier_F.train()
-        size = len(self.replay_buffer)
+        size = len(learner)
         total_steps, step, loss = epochs * math.ceil(size / batch_size), 0, 0.0
         for _ in tqdm(range(epochs), desc=f"offline: F on {size} examples", disable=not verbose, leave=False):
-            order, epoch_loss = self.rng.permutation(size), torch.zeros((), device=self.device)
-            for start in range(0, size, batch_size):
-                codes, labels = self.replay_buffer.gather(order[start:start + batch_size])
-                maps = self._decode_augmented(codes)
-                step_lr = 0.5 * lr * (1.0 + math.cos(math.pi * step / total_steps))
-                epoch_loss += self._sgd_step(maps, labels, labels, 1.0, step_lr) * len(labels)
+            epoch_loss = torch.zeros((), device=self.device)
+            for maps, labels in learner.stored_batches(batch_size):
+                if self.config.use_random_resized_crops:
+                    maps = random_resized_crop(maps, self.rng)
+                step_loss = self._loss(maps, labels, labels, 1.0)
+                learner.backward(step_loss)
+                learner.update(0.5 * lr * (1.0 + math.cos(math.pi * step / total_steps)))
+                epoch_loss += step_loss.detach() * len(labels)
                 step += 1
             loss = float(epoch_loss) / max(size, 1)
         return loss
@@ -277,7 +262,7 @@ class REMINDModel:
         self.classifier_F.eval()
         probas, all_labels = [], []
         for batch in data_loader:
-            maps = self.pq.reconstruct_maps(self._features(batch[0]), self.pq_backend)
+            maps = self.pq.reconstruct_maps(self._features(batch[0]), self.config.pq_backend)
             probas.append(torch.softmax(self.classifier_F(maps), dim=1).float().cpu())
             all_labels.append(batch[1])
         probas = torch.cat(probas).numpy() if probas else np.zeros((0, self.num_classes), np.float32)
@@ -285,46 +270,33 @@ class REMINDModel:
         return probas.argmax(1), probas, labels
 
     # ------------------------------------------------------------ checkpoints
-    def save(self, inc: int, save_full_path: str, extra_meta: dict | None = None) -> None:
-        """Write ``remind_classifier_F_{inc}.pth`` (F + optimizer) then ``remind_buffer_{inc}.pth``
-        (codes, labels, ids, codebooks, per-class LR steps, RNG state). The buffer file is written
-        last, so its presence marks a complete increment."""
+    def save(self, inc: int, save_full_path: str, extra_meta: dict | None = None,
+             identity: dict | None = None) -> None:
+        """Write ``remind_classifier_F_{inc}.pth`` (F + optimizer, for users) then ``remind_buffer_{inc}.pth``,
+        the run state (the learner's: F, optimizer, codebooks, buffer, generators; plus the per-class LR
+        steps). The run state is written last, so its presence marks a complete increment."""
         folder = Path(save_full_path)
         atomic_torch_save({"model_state_dict": self.classifier_F.state_dict(),
                            "optimizer_state_dict": self.optimizer.state_dict()},
                           folder / f"remind_classifier_F_{inc}.pth")
-        tensors = {f"buffer.{k}": v for k, v in self.replay_buffer.state_dict().items()}
-        tensors["pq_centroids"] = self.pq.centroids.cpu()
-        tensors["class_steps"] = torch.from_numpy(self.class_steps.copy())
-        meta = {"inc": inc, "settings": self.settings, "rng": rng_state_to_json(self.rng),
-                "code_shape": list(self.replay_buffer.code_shape), **(extra_meta or {})}
-        save_state(folder / f"remind_buffer_{inc}.pth", tensors, meta)
+        state = {"learner": self.learner.state_dict(), "class_steps": torch.from_numpy(self.class_steps.copy())}
+        progress = {"inc": inc, "code_shape": list(self.replay_buffer.code_shape), **(extra_meta or {})}
+        save_run_state(folder / f"remind_buffer_{inc}.pth", state, {**self.settings, **(identity or {})}, progress)
 
-    def resume(self, inc: int, resume_full_path: str) -> dict:
+    def resume(self, inc: int, resume_full_path: str, identity: dict | None = None) -> dict:
         """Load the state saved by :meth:`save` for increment ``inc``; returns its metadata."""
-        folder = Path(resume_full_path)
+        path = Path(resume_full_path) / f"remind_buffer_{inc}.pth"
         try:
-            tensors, meta = load_state(folder / f"remind_buffer_{inc}.pth", "REMIND buffer checkpoint")
+            state, meta = load_run_state(path, {**self.settings, **(identity or {})}, "REMIND run checkpoint")
         except CheckpointError as exc:
             raise CheckpointError(f"{exc} (deleting remind_buffer_{inc}.pth makes a rerun resume from the "
                                   "increment before)") from None
-        differing = {k: (meta["settings"].get(k), v) for k, v in self.settings.items()
-                     if meta["settings"].get(k) != v}
-        if differing:
-            name, (saved, now) = next(iter(differing.items()))
-            raise CheckpointError(f"checkpoint {folder} was written with {name}={saved!r} but this run has "
-                                  f"{now!r}; use the same settings or another --save_dir")
-        f_state = safe_load(folder / f"remind_classifier_F_{inc}.pth", "REMIND classifier checkpoint")
+        centroids = state["learner"]["codec"]["centroids"]
+        self.start_from(PQCodec(centroids, device=self.device), tuple(meta["code_shape"]))
         try:
-            self.classifier_F.load_state_dict(f_state["model_state_dict"])
-            self.optimizer.load_state_dict(f_state["optimizer_state_dict"])
+            self.learner.load_state_dict(state["learner"])
         except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"{folder}/remind_classifier_F_{inc}.pth does not fit "
-                                  f"{self.settings['classifier_F']}: {str(exc).splitlines()[0][:200]}") from None
-        self.pq = PQCodec(tensors["pq_centroids"].numpy(), device=self.device)
-        self.replay_buffer = self._new_buffer(tuple(meta["code_shape"]))
-        self.replay_buffer.load_state_dict({k[len("buffer."):]: v for k, v in tensors.items()
-                                            if k.startswith("buffer.")})
-        self.class_steps = tensors["class_steps"].numpy().astype(np.int64).copy()
-        self.rng = rng_from_json(meta["rng"])
+            raise CheckpointError(f"{path} does not fit {self.config.classifier_F}: "
+                                  f"{str(exc).splitlines()[0][:200]}") from None
+        self.class_steps = state["class_steps"].numpy().astype(np.int64).copy()
         return meta

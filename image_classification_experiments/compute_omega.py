@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from remind import reporting
+from remind.cli import run_main
 from remind.metrics import omega
 
 # omega.json key -> accuracy-file key
@@ -124,14 +125,12 @@ def parse_runs(items: list[str]) -> dict[str, str]:
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
+
+    def body():
         omegas = compute(args.offline, parse_runs(args.runs), args.out)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print((Path(args.out) / "results.md").read_text())
-    print(f"wrote {Path(args.out) / 'omega.json'} ({', '.join(omegas)})")
-    return 0
+        print((Path(args.out) / "results.md").read_text())
+        print(f"wrote {Path(args.out) / 'omega.json'} ({', '.join(omegas)})")
+    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -23,16 +23,18 @@ import numpy as np
 import torch
 
 from image_classification_experiments import imagenet_experiment as ie
+from image_classification_experiments.configs import config_from_args
 from image_classification_experiments.REMINDModel import REMINDModel
 from image_classification_experiments.resnet_models import build_full_network, load_network_state
+from image_classification_experiments.stream_run import (OfflineTraining, REMINDStream, ResultFiles, StreamSpec,
+                                                         feature_shape, run_stream)
 from image_classification_experiments.utils_core50 import (NUM_CATEGORIES, ORDERINGS, Core50Split, core50_loader,
                                                            load_core50, stream_order)
-from image_classification_experiments.utils_imagenet import DataError, examples_per_class
-from remind.checkpoint import CheckpointError, atomic_torch_save, atomic_write_text
-from remind.metrics import topk_accuracy
+from image_classification_experiments.utils_imagenet import DataError
+from remind import reporting
+from remind.checkpoint import CheckpointError, atomic_torch_save
+from remind.cli import run_main
 from remind.pq import check_pq_shape
-
-ACCURACY_KEYS = ie.ACCURACY_KEYS
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -75,9 +77,12 @@ def validate_args(args) -> None:
         raise DataError("--base_init_epochs must be >= 0, --base_init_batch_size >= 1 and --base_init_lr > 0")
     if args.rehearsal_samples < 0 or args.batch_size < 1 or args.image_size < 32:
         raise DataError("--rehearsal_samples must be >= 0, --batch_size >= 1 and --image_size >= 32")
-    args.spatial_feat_dim = None  # read by imagenet_experiment.check_feature_shape
-    if args.save_dir is None:
-        args.save_dir = str(Path("streaming_experiments") / f"{args.expt_name}_{args.order}_seed{args.permutation_seed}")
+
+
+def save_dir_of(args) -> Path:
+    if args.save_dir is not None:
+        return Path(args.save_dir)
+    return Path("streaming_experiments") / f"{args.expt_name}_{args.order}_seed{args.permutation_seed}"
 
 
 def eval_points(stream_length: int, base_fraction: float, eval_fraction: float) -> tuple[int, list[int]]:
@@ -120,132 +125,64 @@ def adapted_checkpoint(args) -> dict | None:
     return adapted
 
 
-def prepare_model(args, adapted: dict | None) -> REMINDModel:
+def prepare_model(args, adapted: dict | None, train: Core50Split, save_dir: Path) -> REMINDModel:
     """REMINDModel with the ImageNet run's settings, on the adapted checkpoint (written to SAVE_DIR)."""
-    requested = args.classifier_ckpt
+    checkpoint = None
     if adapted is None:
         print("no --classifier_ckpt: G and F are randomly initialised (no pretrained weights can be downloaded "
               "here; the paper uses an ImageNet-pretrained ResNet-18, see docs/core50.md)")
     else:
-        path = Path(args.save_dir) / "core50_base_network.pth"
-        atomic_torch_save({"state_dict": adapted, "arch": args.base_arch}, path)
-        args.classifier_ckpt = str(path)
-    try:
-        return build_model(args)
-    finally:
-        args.classifier_ckpt = requested
-
-
-def build_model(args) -> REMINDModel:
-    return ie.build_model(args, num_classes=NUM_CATEGORIES)
-
-
-def resume(args, remind: REMINDModel, done: int, model_dir: Path, run_key: dict) -> dict:
-    """Load the checkpoint after ``done`` frames; it must be this ordering, seed, stream and feature-map size."""
-    meta = remind.resume(done, str(model_dir))
-    saved = {k: meta.get(k) for k in run_key}
-    if saved != run_key:
-        raise CheckpointError(f"{model_dir} holds a run with {saved}, not {run_key}; use another --save_dir")
-    if tuple(remind.replay_buffer.code_shape[:2]) != args.feature_shape:
-        raise CheckpointError(f"{model_dir} holds codes of {remind.replay_buffer.code_shape[:2]} feature maps but "
-                              f"G gives {args.feature_shape} at --image_size {args.image_size}; use the run's "
-                              "--image_size or another --save_dir")
-    return meta
-
-
-# ------------------------------------------------------------------ evaluation
-def evaluate(args, remind: REMINDModel, test: Core50Split, seen: np.ndarray, base: np.ndarray,
-             accuracies: dict) -> np.ndarray:
-    """Test on the test frames of the ``seen`` categories; appends to ``accuracies`` (None: empty group)."""
-    indices = np.nonzero(np.isin(test.labels, seen))[0]
-    _, probas, labels = remind.predict(core50_loader(test, indices, args.batch_size, args.image_size,
-                                                     args.num_workers))
-    is_base = np.isin(labels, base)
-    for name, mask in (("base_classes", is_base), ("non_base_classes", ~is_base),
-                       ("seen_classes", np.ones_like(is_base))):
-        top1, top5 = topk_accuracy(probas[mask], labels[mask], topk=(1, 5)) if mask.any() else (None, None)
-        accuracies[f"{name}_top1"].append(top1)
-        accuracies[f"{name}_top5"].append(top5)
-    print(f"{len(seen)} categories seen: top1={accuracies['seen_classes_top1'][-1]:.2f}% "
-          f"top5={accuracies['seen_classes_top5'][-1]:.2f}% on {len(labels)} test frames")
-    return probas
-
-
-def write_results(args, accuracies: dict, probas: np.ndarray, frames: list[int]) -> None:
-    save_dir, count = Path(args.save_dir), frames[len(accuracies["seen_classes_top1"]) - 1]
-    stem = f"core50_{args.order}_%s_min_trained_0_max_trained_{count}"
-    atomic_write_text(save_dir / f"{stem % 'accuracies'}.json", json.dumps(accuracies))
-    atomic_torch_save(torch.from_numpy(probas), save_dir / f"{stem % 'preds'}.pth")
-    ie.reporting.plot_accuracies({f"REMIND {args.order} seed {args.permutation_seed}": accuracies}, frames,
-                                 save_dir / f"core50_{args.order}_accuracy_curve.png",
-                                 xlabel="training frames streamed")
+        checkpoint = save_dir / "core50_base_network.pth"
+        atomic_torch_save({"state_dict": adapted, "arch": args.base_arch}, checkpoint)
+    # CORe50's own frame counts, not ImageNet's 1300, in the LR rule
+    lr_examples = ie.resolve_lr_examples("auto", lambda: train.labels, NUM_CATEGORIES)
+    config = config_from_args(args, num_classes=NUM_CATEGORIES, lr_examples_per_class=lr_examples)
+    return REMINDModel(classifier_ckpt=None if checkpoint is None else str(checkpoint), device=args.device,
+                       config=config)
 
 
 # ------------------------------------------------------------------ the run
-def start_or_resume(args, remind, train, test, stream, base_count, points, model_dir) -> tuple[int, dict]:
-    """(frames trained so far, accuracies so far) after base init or a resume."""
-    run_key = {"order": args.order, "permutation_seed": args.permutation_seed, "stream_length": len(stream)}
-    done = ie.latest_checkpoint(model_dir, [base_count] + points)
-    if done is not None:
-        print(f"resuming from {model_dir}/remind_buffer_{done}.pth")
-        return done, resume(args, remind, done, model_dir, run_key)["accuracies"]
-    print(f"base initialisation on the first {base_count} of {len(stream)} frames ({args.order} order)")
-    remind.fit_pq(core50_loader(train, stream[:base_count], args.batch_size, args.image_size, args.num_workers))
-    if args.base_init_epochs:
-        # F's 10-way head starts random: train F offline on the base-init codes (the buffer holds exactly them),
-        # then stream with a fresh optimizer, as after the ImageNet base initialisation.
-        loss = remind.fit_offline(args.base_init_epochs, args.base_init_batch_size, args.base_init_lr)
-        remind.reset_optimizer()
-        print(f"base init: F trained {args.base_init_epochs} epochs on {len(remind.replay_buffer)} frames, "
-              f"last-epoch loss {loss:.4f}")
-    accuracies = {k: [] for k in ACCURACY_KEYS}
-    seen = np.unique(train.labels[stream[:base_count]])
-    probas = evaluate(args, remind, test, seen, seen, accuracies)
-    remind.save(base_count, str(model_dir), {"accuracies": accuracies, **run_key})
-    write_results(args, accuracies, probas, [base_count] + points)
-    return base_count, accuracies
-
-
-def streaming(args, remind: REMINDModel, train: Core50Split, test: Core50Split) -> dict:
+def streaming(args, model: REMINDModel, train: Core50Split, test: Core50Split, save_dir: Path) -> dict:
     stream = stream_order(train, args.order, args.permutation_seed)
     base_count, points = eval_points(len(stream), args.base_init_fraction, args.eval_fraction)
-    model_dir = Path(args.save_dir) / "remind_model"
-    trained, accuracies = start_or_resume(args, remind, train, test, stream, base_count, points, model_dir)
+    spec = StreamSpec(tuple([base_count] + points), 0, "frames")
     base = np.unique(train.labels[stream[:base_count]])
-    run_key = {"order": args.order, "permutation_seed": args.permutation_seed, "stream_length": len(stream)}
-    for point in points:
-        if point <= trained:
-            continue
-        print(f"\nstreaming frames {trained}-{point - 1} of {len(stream)}")
-        loss = remind.fit_incremental_batch(core50_loader(train, stream[trained:point], args.batch_size,
-                                                          args.image_size, args.num_workers))
-        print(f"mean streaming loss {loss:.4f}")
-        probas = evaluate(args, remind, test, np.unique(train.labels[stream[:point]]), base, accuracies)
-        remind.save(point, str(model_dir), {"accuracies": accuracies, **run_key})
-        write_results(args, accuracies, probas, [base_count] + points)
-        trained = point
-    return accuracies
+
+    def train_loader(start: int, end: int):
+        return core50_loader(train, stream[start:end], args.batch_size, args.image_size, args.num_workers)
+
+    def test_loader(end: int):
+        seen = np.unique(train.labels[stream[:end]])
+        return core50_loader(test, np.nonzero(np.isin(test.labels, seen))[0], args.batch_size, args.image_size,
+                             args.num_workers)
+
+    identity = {"order": args.order, "permutation_seed": args.permutation_seed, "stream_length": len(stream)}
+    # F's 10-way head starts random: train F offline on the base-init codes (the buffer holds exactly them),
+    # then stream with a fresh optimizer, as after the ImageNet base initialisation.
+    base_training = OfflineTraining(args.base_init_epochs, args.base_init_batch_size, args.base_init_lr)
+    method = REMINDStream(model, train_loader, test_loader, save_dir / "remind_model", identity,
+                          feature_shape(model, args.image_size), base_training=base_training)
+    files = ResultFiles(save_dir, f"REMIND {args.order} seed {args.permutation_seed}", prefix=f"core50_{args.order}_",
+                        plot_name=f"core50_{args.order}_accuracy_curve.png", xlabel="training frames streamed")
+    return run_stream(spec, method, files, lambda labels: np.isin(labels, base), omit_non_base_at_base_init=False)
 
 
 def main(argv=None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
+    args = ie.parse_args(get_args_parser(), argv)
+
+    def body():
         validate_args(args)
+        save_dir = save_dir_of(args)
         torch.manual_seed(args.seed)  # random init of G/F (or of the 10-way fc)
         train, test = load_core50(args.data_dir, args.frame_stride)
-        args.lr_examples = examples_per_class(train.labels, NUM_CATEGORIES)  # CORe50's own counts, not 1300
         adapted = adapted_checkpoint(args)  # fails here, before anything is written, if it is bad
-        Path(args.save_dir).mkdir(parents=True, exist_ok=True)
-        remind = prepare_model(args, adapted)
-        ie.check_feature_shape(args, remind)
-        print(f"git commit {ie.reporting.git_commit()}; {len(train)} training and {len(test)} test frames; arguments:\n"
-              + json.dumps({k: v for k, v in vars(args).items() if k not in ("lr_examples", "feature_shape")},
-                           indent=2, sort_keys=True))
-        streaming(args, remind, train, test)
-    except (DataError, CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        save_dir.mkdir(parents=True, exist_ok=True)
+        model = prepare_model(args, adapted, train, save_dir)
+        feature_shape(model, args.image_size)
+        print(f"git commit {reporting.git_commit()}; {len(train)} training and {len(test)} test frames; "
+              "arguments:\n" + json.dumps(vars(args), indent=2, sort_keys=True))
+        streaming(args, model, train, test, save_dir)
+    return run_main(body)
 
 
 if __name__ == "__main__":

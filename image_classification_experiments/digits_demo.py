@@ -21,9 +21,10 @@ import sys
 from pathlib import Path
 
 from image_classification_experiments import compute_omega, imagenet_experiment
-from remind import reporting
 from image_classification_experiments import train_base_init_network_from_scratch as base_init
 from image_classification_experiments.make_digits_imagefolder import write_digits
+from image_classification_experiments.stream_run import StreamSpec
+from remind import reporting
 
 BASE_CLASSES, INCREMENT, NUM_CLASSES, IMAGE_SIZE = 4, 2, 10, 64
 ARCH = "ResNet18ClassifyAfterLayer4_1"
@@ -63,12 +64,11 @@ def stream(args, ckpt: Path, name: str, replays: int, *extra: str) -> dict:
     save_dir = Path(args.out) / name
     code = imagenet_experiment.main([
         "--images_dir", args.data, "--label_dir", args.data, "--classifier_ckpt", str(ckpt),
-        "--expt_name", name, "--save_dir", str(save_dir), "--num_classes", str(NUM_CLASSES),
-        "--base_init_classes", str(BASE_CLASSES), "--class_increment", str(INCREMENT),
-        "--image_size", str(IMAGE_SIZE), "--rehearsal_samples", str(replays),
-        "--use_random_resized_crops", "--use_mixup", "--mixup_alpha", "0.1",
-        # 134 training digits per class, not ImageNet's 1300: decay over each class's own count.
-        "--lr_examples_per_class", "auto", "--num_workers", str(args.num_workers),
+        "--expt_name", name, "--save_dir", str(save_dir),
+        # 10 classes, crops and mixup (alpha 0.1), and the LR decayed over each class's own count
+        # (134 training digits per class, not ImageNet's 1300)
+        "--preset", "digits_demo", "--base_init_classes", str(BASE_CLASSES), "--class_increment", str(INCREMENT),
+        "--image_size", str(IMAGE_SIZE), "--rehearsal_samples", str(replays), "--num_workers", str(args.num_workers),
         "--device", args.device, "--seed", str(args.seed), *extra])
     if code != 0:
         raise SystemExit(code)
@@ -89,10 +89,9 @@ def main(argv=None) -> int:
     out = Path(args.out)
     omegas = compute_omega.compute(str(out / "offline"), {name: str(out / name) for name in ("remind", "finetune")},
                                    str(out))
-    spec = argparse.Namespace(base_init_classes=BASE_CLASSES, class_increment=INCREMENT,
-                              streaming_max_class=NUM_CLASSES)
+    spec = StreamSpec.class_increments(BASE_CLASSES, INCREMENT, NUM_CLASSES)
     print("\nDigits demo: seen-class accuracy (%) after each increment")
-    print(reporting.format_table(runs, reporting.classes_seen(spec, runs["remind"])))
+    print(reporting.format_table(runs, spec.seen_at(len(runs["remind"]["seen_classes_top1"]))))
     print("\nOmega (mean over evaluations of learner / offline accuracy, all seen classes):")
     for name, values in omegas.items():
         print(f"  {name:<9} top-1 {values['top1']:.3f}   top-5 {values['top5']:.3f}")

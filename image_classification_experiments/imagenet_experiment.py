@@ -26,24 +26,29 @@ import re
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from remind import reporting
-from image_classification_experiments.REMINDModel import REMINDModel, default_device
+
+from image_classification_experiments.configs import PRESETS, config_from_args, preset_defaults
+from image_classification_experiments.REMINDModel import REMINDModel
+from image_classification_experiments.stream_run import (ACCURACY_KEYS, OfflineTraining, REMINDStream, ResultFiles,
+                                                         StreamSpec, feature_shape, run_stream)
 from image_classification_experiments.utils_imagenet import (DataError, check_class_range, default_num_workers,
                                                              examples_per_class, get_data_loader, load_labels)
-from remind.checkpoint import CheckpointError, atomic_torch_save, atomic_write_text
-from remind.metrics import topk_accuracy
+from remind import reporting
+from remind.checkpoint import CheckpointError
+from remind.cli import default_device, run_main
 from remind.pq import check_pq_shape
 
-ACCURACY_KEYS = ("base_classes_top1", "non_base_classes_top1", "seen_classes_top1",
-                 "base_classes_top5", "non_base_classes_top5", "seen_classes_top5")
+__all__ = ["ACCURACY_KEYS", "get_args_parser", "learner_args_parser", "main"]
 
 
 def learner_args_parser() -> argparse.ArgumentParser:
     """The REMIND learner's flags (G/F, PQ, buffer, LR, augmentation), shared by the experiment scripts."""
     p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="start from a named set of learner settings (imagenet_paper: the paper's ImageNet run; "
+                        "core50; digits_demo); any flag given explicitly still wins")
     g = p.add_argument_group("network")
     g.add_argument("--base_arch", type=str, default="ResNet18ClassifyAfterLayer4_1",
                    help="architecture of the base-init checkpoint, from which G is cut")
@@ -117,197 +122,111 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse with ``--preset``'s values as the defaults, so explicit flags override the preset."""
+    known, _ = parser.parse_known_args(argv)
+    if getattr(known, "preset", None):
+        parser.set_defaults(**preset_defaults(known.preset))
+    return parser.parse_args(argv)
+
+
+def resolve_lr_examples(value: str, train_labels_fn, num_classes: int):
+    """``--lr_examples_per_class``: a positive integer, or ``auto`` for each class's training count."""
+    if value == "auto":
+        return tuple(int(n) for n in examples_per_class(train_labels_fn(), num_classes))
+    if re.fullmatch(r"\d+", str(value)) and int(value) > 0:
+        return int(value)
+    raise DataError(f"--lr_examples_per_class {value!r} must be a positive integer or auto")
+
+
 # ------------------------------------------------------------------ checks
-def validate_args(args) -> None:
-    """Every check that can fail before anything is written."""
+def stream_spec(args) -> StreamSpec:
+    """The evaluation points the flags describe (built once; the flags are not written to)."""
+    max_class = args.num_classes if args.streaming_max_class is None else args.streaming_max_class
+    if max_class > args.num_classes:
+        raise DataError(f"--streaming_max_class {max_class} exceeds --num_classes {args.num_classes}; "
+                        "raise --num_classes")
+    if args.class_increment <= 0:
+        raise DataError("--class_increment must be positive")
+    return StreamSpec.class_increments(args.base_init_classes, args.class_increment, max_class, args.min_class,
+                                       args.streaming_min_class)
+
+
+def validate_args(args, spec: StreamSpec):
+    """Every check that can fail before anything is written; returns the learner's config."""
     check_pq_shape(args.num_channels, args.num_codebooks, args.codebook_size)
-    if args.streaming_min_class is None:
-        args.streaming_min_class = args.base_init_classes
-    if args.streaming_max_class is None:
-        args.streaming_max_class = args.num_classes
-    if args.streaming_max_class > args.num_classes:
-        raise DataError(f"--streaming_max_class {args.streaming_max_class} exceeds --num_classes "
-                        f"{args.num_classes}; raise --num_classes")
-    if args.class_increment <= 0 or args.rehearsal_samples < 0:
-        raise DataError("--class_increment must be positive and --rehearsal_samples non-negative")
+    if args.rehearsal_samples < 0:
+        raise DataError("--rehearsal_samples must be non-negative")
     if args.offline_epochs < 0 or args.offline_batch_size <= 0 or args.offline_lr <= 0:
         raise DataError("--offline_epochs must be non-negative, --offline_batch_size and --offline_lr positive")
     if args.offline_epochs and args.max_buffer_size is not None:
         raise DataError("the offline baseline trains on every example seen: drop --max_buffer_size")
+    streaming_min = args.base_init_classes if args.streaming_min_class is None else args.streaming_min_class
     for split in ("train", "val"):
         labels = load_labels(args.images_dir, args.label_dir, split)
         check_class_range(labels, args.min_class, args.base_init_classes, f"base init ({split})")
-        if args.streaming_min_class < args.streaming_max_class:
-            check_class_range(labels, args.streaming_min_class, args.streaming_max_class, f"stream ({split})")
-    if args.lr_examples_per_class == "auto":
-        train_labels = load_labels(args.images_dir, args.label_dir, "train")
-        args.lr_examples = examples_per_class(train_labels, args.num_classes)
-    elif re.fullmatch(r"\d+", args.lr_examples_per_class) and int(args.lr_examples_per_class) > 0:
-        args.lr_examples = int(args.lr_examples_per_class)
-    else:
-        raise DataError(f"--lr_examples_per_class {args.lr_examples_per_class!r} must be a positive integer or auto")
+        if streaming_min < spec.points[-1]:
+            check_class_range(labels, streaming_min, spec.points[-1], f"stream ({split})")
+    lr_examples = resolve_lr_examples(args.lr_examples_per_class,
+                                      lambda: load_labels(args.images_dir, args.label_dir, "train"), args.num_classes)
     if args.resume_full_path is not None and not (Path(args.resume_full_path) /
-                                                  f"remind_buffer_{args.streaming_min_class}.pth").is_file():
-        raise CheckpointError(f"no remind_buffer_{args.streaming_min_class}.pth in {args.resume_full_path}; "
+                                                  f"remind_buffer_{streaming_min}.pth").is_file():
+        raise CheckpointError(f"no remind_buffer_{streaming_min}.pth in {args.resume_full_path}; "
                               "pass the run's remind_model/ folder and the increment it reached as "
                               "--streaming_min_class")
-
-
-def increments(args) -> list[int]:
-    """Class counts after each increment (the checkpoint numbers)."""
-    return [min(c + args.class_increment, args.streaming_max_class)
-            for c in range(args.streaming_min_class, args.streaming_max_class, args.class_increment)]
-
-
-def latest_checkpoint(model_dir: Path, allowed: list[int]) -> int | None:
-    done = [int(m.group(1)) for f in model_dir.glob("remind_buffer_*.pth")
-            if (m := re.fullmatch(r"remind_buffer_(\d+)\.pth", f.name)) and int(m.group(1)) in allowed]
-    return max(done) if done else None
-
-
-def check_feature_shape(args, remind: REMINDModel) -> None:
-    """G's output on one blank image must match --num_channels (and --spatial_feat_dim if given)."""
-    maps = remind._features(torch.zeros(1, 3, args.image_size, args.image_size))
-    side = maps.shape[-1]
-    args.feature_shape = tuple(maps.shape[-2:])
-    if args.spatial_feat_dim is not None and args.spatial_feat_dim != side:
-        raise DataError(f"G gives {side}x{side} feature maps at --image_size {args.image_size}, not "
-                        f"--spatial_feat_dim {args.spatial_feat_dim}; drop the flag or fix --image_size")
-
-
-# ------------------------------------------------------------------ evaluation
-def loader(args, split: str, min_class: int, max_class: int):
-    return get_data_loader(args.images_dir, args.label_dir, split, min_class, max_class,
-                           batch_size=args.batch_size, image_size=args.image_size, num_workers=args.num_workers)
-
-
-def evaluate(args, remind: REMINDModel, max_class: int, accuracies: dict, base_only: bool = False) -> np.ndarray:
-    """One pass over the seen classes' val images; appends to ``accuracies``, returns the probabilities."""
-    _, probas, labels = remind.predict(loader(args, "val", args.min_class, max_class))
-    record_accuracies(args, probas, labels, accuracies, base_only)
-    return probas
-
-
-def record_accuracies(args, probas: np.ndarray, labels: np.ndarray, accuracies: dict, base_only: bool) -> None:
-    """Append top-1/top-5 on base, non-base and all seen classes (the original's keys) to ``accuracies``."""
-    base = labels < args.base_init_classes
-    for name, mask in (("base_classes", base), ("non_base_classes", ~base), ("seen_classes", np.ones_like(base))):
-        if base_only and name == "non_base_classes":
-            continue  # as the original: no non-base entry at base initialisation
-        top1, top5 = topk_accuracy(probas[mask], labels[mask], topk=(1, 5))
-        accuracies[f"{name}_top1"].append(top1)
-        accuracies[f"{name}_top5"].append(top5)
-    print(f"classes {args.min_class}-{int(labels.max()) if len(labels) else args.min_class}: "
-          f"seen top1={accuracies['seen_classes_top1'][-1]:.2f}% "
-          f"top5={accuracies['seen_classes_top5'][-1]:.2f}% | base top1={accuracies['base_classes_top1'][-1]:.2f}%")
-
-
-def write_results(args, accuracies: dict, probas: np.ndarray, max_class: int) -> None:
-    save_dir = Path(args.save_dir)
-    name = f"accuracies_min_trained_{args.min_class}_max_trained_{max_class}.json"
-    atomic_write_text(save_dir / name, json.dumps(accuracies))
-    atomic_torch_save(torch.from_numpy(probas),
-                      save_dir / f"preds_min_trained_{args.min_class}_max_trained_{max_class}.pth")
-    reporting.plot_accuracies({args.expt_name: accuracies}, reporting.classes_seen(args, accuracies),
-                              save_dir / "accuracy_curves.png")
-
-
-# ------------------------------------------------------------------ the run
-def build_model(args, num_classes: int | None = None) -> REMINDModel:
-    """REMINDModel from the streaming flags (shared with core50_experiment, which fixes ``num_classes``)."""
-    return REMINDModel(
-        num_classes=num_classes or args.num_classes, classifier_G=args.base_arch, extract_features_from=args.extract_features_from,
-        classifier_F=args.classifier, classifier_ckpt=args.classifier_ckpt, weight_decay=args.weight_decay,
-        lr_mode=args.lr_mode, lr_step_size=args.lr_step_size, start_lr=args.start_lr, end_lr=args.end_lr,
-        lr_examples_per_class=args.lr_examples, num_samples=args.rehearsal_samples, use_mixup=args.use_mixup,
-        mixup_alpha=args.mixup_alpha, num_channels=args.num_channels, num_codebooks=args.num_codebooks,
-        codebook_size=args.codebook_size, use_random_resize_crops=args.use_random_resized_crops,
-        max_buffer_size=args.max_buffer_size, device=args.device, seed=args.seed, pq_backend=args.pq_backend)
+    return config_from_args(args, lr_examples_per_class=lr_examples)
 
 
 def run_mode(args) -> str:
     return "offline" if args.offline_epochs else "stream"
 
 
-def fit_offline(args, remind: REMINDModel) -> None:
-    loss = remind.fit_offline(args.offline_epochs, args.offline_batch_size, args.offline_lr)
-    print(f"offline: F trained {args.offline_epochs} epochs on {len(remind.replay_buffer)} examples, "
-          f"last-epoch loss {loss:.4f}")
+def save_dir_of(args) -> Path:
+    return Path(args.save_dir) if args.save_dir is not None else Path("streaming_experiments") / args.expt_name
 
 
-def resume(args, remind: REMINDModel, inc: int, folder: str) -> dict:
-    """Load increment ``inc`` from ``folder``, checking its codes fit G's maps at this --image_size."""
-    meta = remind.resume(inc, folder)
-    if meta.get("mode", "stream") != run_mode(args):
-        raise CheckpointError(f"{folder} holds a {meta.get('mode', 'stream')} run but this is a {run_mode(args)} "
-                              "run (--offline_epochs); use another --save_dir")
-    saved = tuple(remind.replay_buffer.code_shape[:2])
-    if saved != args.feature_shape:
-        raise CheckpointError(f"{folder} holds codes of {saved[0]}x{saved[1]} feature maps but G gives "
-                              f"{args.feature_shape[0]}x{args.feature_shape[1]} at --image_size "
-                              f"{args.image_size}; use the run's --image_size or another --save_dir")
-    return meta
+def loader_factory(args, split: str):
+    def make(min_class: int, max_class: int):
+        return get_data_loader(args.images_dir, args.label_dir, split, min_class, max_class,
+                               batch_size=args.batch_size, image_size=args.image_size, num_workers=args.num_workers)
+    return make
 
 
-def start_or_resume(args, remind: REMINDModel, model_dir: Path) -> tuple[int, dict]:
-    """Returns (classes trained so far, accuracies so far) after base init or a resume."""
+def streaming(args, model: REMINDModel, spec: StreamSpec, save_dir: Path) -> dict:
+    train, val = loader_factory(args, "train"), loader_factory(args, "val")
+    offline = OfflineTraining(args.offline_epochs, args.offline_batch_size, args.offline_lr) \
+        if args.offline_epochs else None
+    method = REMINDStream(model, train, lambda end: val(args.min_class, end), save_dir / "remind_model",
+                          {"mode": run_mode(args)}, feature_shape(model, args.image_size, args.spatial_feat_dim),
+                          offline=offline)
+    seed_from = None
     if args.resume_full_path is not None:
-        meta = resume(args, remind, args.streaming_min_class, args.resume_full_path)
-        return args.streaming_min_class, meta.get("accuracies", {k: [] for k in ACCURACY_KEYS})
-    done = latest_checkpoint(model_dir, [args.base_init_classes] + increments(args))
-    if done is not None:
-        print(f"resuming from {model_dir}/remind_buffer_{done}.pth")
-        meta = resume(args, remind, done, str(model_dir))
-        return done, meta["accuracies"]
-    print("base initialisation: training the PQ and filling the buffer")
-    remind.fit_pq(loader(args, "train", args.min_class, args.base_init_classes))
-    if args.offline_epochs:
-        fit_offline(args, remind)
-    accuracies = {k: [] for k in ACCURACY_KEYS}
-    probas = evaluate(args, remind, args.base_init_classes, accuracies, base_only=True)
-    remind.save(args.base_init_classes, str(model_dir), {"accuracies": accuracies, "mode": run_mode(args)})
-    write_results(args, accuracies, probas, args.base_init_classes)
-    return args.base_init_classes, accuracies
+        point = args.base_init_classes if args.streaming_min_class is None else args.streaming_min_class
 
-
-def streaming(args, remind: REMINDModel) -> dict:
-    model_dir = Path(args.save_dir) / "remind_model"
-    trained, accuracies = start_or_resume(args, remind, model_dir)
-    for max_class in increments(args):
-        if max_class <= trained:
-            continue
-        first = max(trained, max_class - args.class_increment)
-        print(f"\ntraining classes {first}-{max_class - 1}")
-        if args.offline_epochs:
-            remind.store_incremental_batch(loader(args, "train", first, max_class))
-            fit_offline(args, remind)
-        else:
-            loss = remind.fit_incremental_batch(loader(args, "train", first, max_class))
-            print(f"mean streaming loss {loss:.4f}")
-        probas = evaluate(args, remind, max_class, accuracies)
-        remind.save(max_class, str(model_dir), {"accuracies": accuracies, "mode": run_mode(args)})
-        write_results(args, accuracies, probas, max_class)
-        trained = max_class
-    print(reporting.format_table({args.expt_name: accuracies}, reporting.classes_seen(args, accuracies)))
+        def seed_from():
+            return point, method.restore(point, Path(args.resume_full_path))
+    files = ResultFiles(save_dir, args.expt_name, first=args.min_class)
+    accuracies = run_stream(spec, method, files, lambda labels: labels < args.base_init_classes,
+                            seed_from=seed_from)
+    print(reporting.format_table({args.expt_name: accuracies}, spec.seen_at(len(accuracies["seen_classes_top1"]))))
     return accuracies
 
 
 def main(argv=None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        validate_args(args)
-        if args.save_dir is None:
-            args.save_dir = str(Path("streaming_experiments") / args.expt_name)
-        remind = build_model(args)  # reads the checkpoint: fails here, before writing, if it is bad
-        check_feature_shape(args, remind)
-        Path(args.save_dir).mkdir(parents=True, exist_ok=True)
-        print(f"git commit {reporting.git_commit()}; arguments:\n"
-              + json.dumps({k: v for k, v in vars(args).items() if k != "lr_examples"}, indent=2, sort_keys=True))
-        streaming(args, remind)
-    except (DataError, CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    args = parse_args(get_args_parser(), argv)
+
+    def body():
+        spec = stream_spec(args)
+        config = validate_args(args, spec)
+        save_dir = save_dir_of(args)
+        torch.manual_seed(args.seed)  # the run owns torch's generator too (it is checkpointed with the learner)
+        # reads the checkpoint: fails here, before writing, if it is bad
+        model = REMINDModel(classifier_ckpt=args.classifier_ckpt, device=args.device, config=config)
+        feature_shape(model, args.image_size, args.spatial_feat_dim)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        print(f"git commit {reporting.git_commit()}; arguments:\n" + json.dumps(vars(args), indent=2, sort_keys=True))
+        streaming(args, model, spec, save_dir)
+    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from remind.cli import run_main
 from image_classification_experiments.utils_core50 import NUM_SESSIONS, OBJECTS_PER_CATEGORY, frame_name
 
 
@@ -56,14 +57,12 @@ def main(argv=None) -> int:
     p.add_argument("--pixels", type=int, default=16, help="side of each PNG (16; real CORe50: 128)")
     p.add_argument("--seed", type=int, default=0, help="seed of the colours and noise (0)")
     args = p.parse_args(argv)
-    try:
+    def body():
         root = write_core50_tree(args.out, args.num_objects, args.frames_per_video, pixels=args.pixels,
                                  seed=args.seed)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {NUM_SESSIONS} sessions x {args.num_objects} objects x {args.frames_per_video} frames under {root}")
-    return 0
+        print(f"wrote {NUM_SESSIONS} sessions x {args.num_objects} objects x {args.frames_per_video} frames "
+              f"under {root}")
+    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import numpy as np
 
 from image_classification_experiments.utils_imagenet import DataError, _scan_folder
 from remind.checkpoint import atomic_write
+from remind.cli import run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -73,12 +74,7 @@ def make_label_files(data: str, class_order_file: str, labels_dir: str) -> dict[
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        make_label_files(args.data, args.class_order_text_file, args.labels_dir)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(lambda: make_label_files(args.data, args.class_order_text_file, args.labels_dir))
 
 
 if __name__ == "__main__":

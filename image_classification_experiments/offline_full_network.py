@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from image_classification_experiments import imagenet_experiment as ie
 from image_classification_experiments import train_base_init_network_from_scratch as base_init
-from image_classification_experiments.REMINDModel import default_device
 from image_classification_experiments.resnet_models import build_full_network, load_network_state
+from image_classification_experiments.stream_run import ResultFiles, StreamSpec, run_stream
 from image_classification_experiments.utils_imagenet import (DataError, check_class_range, default_num_workers,
-                                                             load_labels)
-from remind.checkpoint import CheckpointError
+                                                             get_data_loader, load_labels)
+from remind import reporting
+from remind.cli import default_device, run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -57,21 +57,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def evaluation_points(args) -> list[int]:
-    args.streaming_min_class = args.base_init_classes
-    return [args.base_init_classes] + ie.increments(args)
-
-
-def validate(args) -> list[int]:
-    if args.streaming_max_class is None:
-        args.streaming_max_class = args.num_classes
-    if args.epochs <= 0 or args.class_increment <= 0 or args.streaming_max_class > args.num_classes:
+def validate(args) -> StreamSpec:
+    """The evaluation points, after checking the flags and the label files."""
+    max_class = args.num_classes if args.streaming_max_class is None else args.streaming_max_class
+    if args.epochs <= 0 or args.class_increment <= 0 or max_class > args.num_classes:
         raise DataError("--epochs and --class_increment must be positive and --streaming_max_class at most "
                         "--num_classes")
     for split in ("train", "val"):
-        check_class_range(load_labels(args.images_dir, args.label_dir, split), args.min_class,
-                          args.streaming_max_class, f"offline ({split})")
-    return evaluation_points(args)
+        check_class_range(load_labels(args.images_dir, args.label_dir, split), args.min_class, max_class,
+                          f"offline ({split})")
+    return StreamSpec.class_increments(args.base_init_classes, args.class_increment, max_class, args.min_class)
 
 
 def train_network(args, classes: int) -> Path:
@@ -95,35 +90,56 @@ def train_network(args, classes: int) -> Path:
     return ckpt
 
 
-@torch.no_grad()
-def predict(args, ckpt: Path, max_class: int) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities ``(N, num_classes)`` and labels of the val images of classes below ``max_class``."""
-    network = build_full_network(args.arch, args.num_classes)
-    network.load_state_dict(load_network_state(str(ckpt))[0])
-    network.to(args.device).eval()
-    probas, labels = [], []
-    for images, batch_labels, _ in ie.loader(args, "val", args.min_class, max_class):
-        probas.append(torch.softmax(network(images.to(args.device)), dim=1).float().cpu())
-        labels.append(batch_labels)
-    return torch.cat(probas).numpy(), torch.cat(labels).numpy()
+class WholeNetworkOffline:
+    """The run loop's method: at each point, a network trained from scratch on every class seen.
+
+    Its checkpoints are the trained networks (``networks/``); a rerun evaluates those again, so it keeps no
+    run state of its own.
+    """
+
+    def __init__(self, args):
+        self.args = args
+
+    def completed(self, points) -> None:
+        return None
+
+    def begin(self, start: int, end: int) -> None:
+        self.learn(start, end)
+
+    def learn(self, start: int, end: int) -> None:
+        print(f"offline network on classes {self.args.min_class}-{end - 1}", flush=True)
+        self.network = train_network(self.args, end)
+
+    @torch.no_grad()
+    def predict(self, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """Softmax probabilities ``(N, num_classes)`` and labels of the val images of classes below ``end``."""
+        args = self.args
+        network = build_full_network(args.arch, args.num_classes)
+        network.load_state_dict(load_network_state(str(self.network))[0])
+        network.to(args.device).eval()
+        probas, labels = [], []
+        loader = get_data_loader(args.images_dir, args.label_dir, "val", args.min_class, end,
+                                 batch_size=args.batch_size, image_size=args.image_size, num_workers=args.num_workers)
+        for images, batch_labels, _ in loader:
+            probas.append(torch.softmax(network(images.to(args.device)), dim=1).float().cpu())
+            labels.append(batch_labels)
+        return torch.cat(probas).numpy(), torch.cat(labels).numpy()
+
+    def checkpoint(self, end: int, accuracies: dict) -> None:
+        pass  # the trained network is this point's checkpoint
 
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        points = validate(args)
-        Path(args.save_dir).mkdir(parents=True, exist_ok=True)
-        accuracies = {k: [] for k in ie.ACCURACY_KEYS}
-        for k, classes in enumerate(points):
-            print(f"\noffline network on classes {args.min_class}-{classes - 1}")
-            probas, labels = predict(args, train_network(args, classes), classes)
-            ie.record_accuracies(args, probas, labels, accuracies, base_only=k == 0)
-            ie.write_results(args, accuracies, probas, classes)
-        print(ie.reporting.format_table({args.expt_name: accuracies}, ie.reporting.classes_seen(args, accuracies)))
-    except (DataError, CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    def body():
+        spec = validate(args)
+        save_dir = Path(args.save_dir)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        files = ResultFiles(save_dir, args.expt_name, first=args.min_class)
+        accuracies = run_stream(spec, WholeNetworkOffline(args), files, lambda labels: labels < args.base_init_classes)
+        print(reporting.format_table({args.expt_name: accuracies}, spec.seen_at(len(accuracies["seen_classes_top1"]))))
+    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -189,6 +189,11 @@ class FeatureTrunk(nn.Module):
 
 
 # ------------------------------------------------------------------ checkpoints
+def without_module_prefix(state: dict[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+    """A state dict with DataParallel's ``module.`` prefixes removed (the original's checkpoints have them)."""
+    return OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in state.items())
+
+
 def load_network_state(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a base-init checkpoint: its state dict (``module.`` prefixes removed) and extras."""
     obj = safe_load(path, what="base-init checkpoint (--classifier_ckpt)")
@@ -201,7 +206,7 @@ def load_network_state(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     else:
         raise CheckpointError(f"{path} holds no 'state_dict'; pass a checkpoint written by "
                               "train_base_init_network_from_scratch.py")
-    state = OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in state.items())
+    state = without_module_prefix(state)
     extras = {k: v for k, v in obj.items() if k in ("arch", "num_classes")} if isinstance(obj, dict) else {}
     return state, extras
 

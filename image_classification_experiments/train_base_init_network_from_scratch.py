@@ -39,10 +39,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from image_classification_experiments.resnet_models import FULL_NETWORKS, copy_matching_state, build_full_network
+from image_classification_experiments.resnet_models import (FULL_NETWORKS, build_full_network, copy_matching_state,
+                                                             without_module_prefix)
 from image_classification_experiments.utils_imagenet import (DataError, default_num_workers, eval_transform,
                                                              get_data_loader, load_labels, train_transform)
 from remind.checkpoint import CheckpointError, atomic_torch_save, safe_load
+from remind.cli import default_device
 from remind.metrics import topk_accuracy
 
 
@@ -95,7 +97,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="SGD weight decay (1e-4)")
 
     run = parser.add_argument_group("run")
-    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    run.add_argument("--device", default=default_device(),
                      help="cuda or cpu (default: cuda when available); under torchrun each process "
                           "uses cuda:LOCAL_RANK")
     run.add_argument("--seed", type=int, default=0, help="seed of the initial weights, shuffling and crops (0)")
@@ -201,7 +203,7 @@ def load_resume(path: str, args, network: nn.Module, optimizer: torch.optim.Opti
     if ckpt.get("arch", args.arch) != args.arch:
         raise CheckpointError(f"--resume {path} was trained as {ckpt['arch']}, not {args.arch}; "
                               f"pass --arch {ckpt['arch']}")
-    state = {k.removeprefix("module."): v for k, v in ckpt["state_dict"].items()}
+    state = without_module_prefix(ckpt["state_dict"])
     copy_matching_state(network, state, path, args.arch)
     try:
         optimizer.load_state_dict(ckpt["optimizer"])

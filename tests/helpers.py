@@ -32,3 +32,19 @@ CLEVR_TYPE = {"count": "count", "exist": "exist", "greater_than": "compare_integ
               "query_shape": "query_attribute", "query_size": "query_attribute"}
 TDIUC_TYPES = {"object_presence", "counting", "color", "attribute", "object_recognition",
                "positional_reasoning", "absurd"}
+
+
+def assert_nested_equal(a, b, path: str = "") -> None:
+    """Two checkpoint trees (dicts and lists of tensors, strings and numbers) hold the same values."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), path
+        for key in a:
+            assert_nested_equal(a[key], b[key], f"{path}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
+        for k, (x, y) in enumerate(zip(a, b)):
+            assert_nested_equal(x, y, f"{path}[{k}]")
+    elif torch.is_tensor(a):
+        assert torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b), path
+    else:
+        assert a == b, path

@@ -48,8 +48,7 @@ def make_pair(ckpt_path, hw, num_samples, use_mixup, num_stored, seed=0, mixup_a
                         lr_examples_per_class=20, lr_step_size=2)
     data = np.random.default_rng(seed + 100)
     centroids = data.normal(size=(M, K, DSUB)).astype(np.float32)
-    model.pq = PQCodec(centroids, device="cpu")
-    model.replay_buffer = model._new_buffer((hw, hw, M))
+    model.start_from(PQCodec(centroids, device="cpu"), (hw, hw, M))
     codes = torch.from_numpy(data.integers(0, K, size=(num_stored, hw, hw, M), dtype=np.uint8))
     labels = data.integers(0, NUM_CLASSES, size=num_stored)
     ids = np.arange(num_stored) + 1000
@@ -111,7 +110,7 @@ def test_replay_step_matches_reference(ckpt, hw, num_samples, num_stored, use_mi
         label, item_ix = int(data.integers(NUM_CLASSES)), 5000 + step
 
         positions, boxes, lam = draw_like_fast_path(rng, len(reference.buffer), num_samples, use_mixup,
-                                                    model.mixup_alpha, True, hw, hw)
+                                                    model.config.mixup_alpha, True, hw, hw)
         if use_mixup:
             assert len(positions) >= 2 and lam != 1.0
         item_ixs = [reference.buffer.rehearsal_ixs[p] for p in positions]

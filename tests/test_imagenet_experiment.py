@@ -27,10 +27,9 @@ from image_classification_experiments.REMINDModel import REMINDModel
 from image_classification_experiments.resnet_models import (ResNet18ClassifyAfterLayer4_0,
                                                              ResNet18ClassifyAfterLayer4_1)
 from image_classification_experiments.utils_imagenet import examples_per_class, get_data_loader
-from remind.buffer import ReplayBuffer
 from remind.checkpoint import load_state
 from remind.pq import PQCodec
-from helpers import randomise
+from helpers import assert_nested_equal, randomise
 
 NUM_CLASSES = 10
 BASE = 4
@@ -190,9 +189,12 @@ def test_checkpoints_are_weights_only_and_complete(full_run, digits):
     assert all(k.startswith(("model.layer4.1.", "model.fc.")) for k in f_state["model_state_dict"])
     tensors, meta = load_state(full_run / "remind_model" / "remind_buffer_10.pth")
     n_train = len(train_labels(digits))
-    assert tensors["buffer.codes"].shape == (n_train, 2, 2, 32) and tensors["buffer.codes"].dtype == torch.uint8
-    assert tensors["pq_centroids"].shape == (32, 16, 16)
-    assert meta["inc"] == 10 and meta["settings"]["num_codebooks"] == 32
+    learner = tensors["learner"]
+    codes = learner["buffer"]["codes"]
+    assert codes.shape == (n_train, 2, 2, 32) and codes.dtype == torch.uint8
+    assert learner["codec"]["centroids"].shape == (32, 16, 16)
+    assert_state_equal(learner["plastic_net"], f_state["model_state_dict"])  # F's file and the run state agree
+    assert meta["inc"] == 10 and meta["identity"]["num_codebooks"] == 32 and meta["identity"]["mode"] == "stream"
 
 
 # ------------------------------------------------------------------ 2. resume determinism
@@ -216,8 +218,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(full_run, digits, ckpt, t
         assert torch.equal(a_opt["state"][key]["momentum_buffer"], b_opt["state"][key]["momentum_buffer"])
     a_t, a_meta = load_state(full_run / "remind_model" / "remind_buffer_10.pth")
     b_t, b_meta = load_state(model_dir / "remind_buffer_10.pth")
-    assert_state_equal(a_t, b_t)
-    assert a_meta == b_meta  # includes the RNG state
+    assert_nested_equal(a_t, b_t)  # includes the generators' states
+    assert a_meta == b_meta
 
 
 def test_resume_full_path_into_fresh_dir_equals_uninterrupted(full_run, digits, ckpt, tmp_path):
@@ -349,8 +351,7 @@ def _model_with_buffer(ckpt: Path, stored: int, num_samples: int, use_mixup: boo
                         num_samples=num_samples, use_mixup=use_mixup, mixup_alpha=alpha, codebook_size=16,
                         use_random_resize_crops=crops, lr_examples_per_class=8, seed=3)
     gen = torch.Generator().manual_seed(5)
-    model.pq = PQCodec(torch.randn(32, 16, 16, generator=gen), device="cpu")
-    model.replay_buffer = ReplayBuffer((2, 2, 32), NUM_CLASSES)
+    model.start_from(PQCodec(torch.randn(32, 16, 16, generator=gen), device="cpu"), (2, 2, 32))
     codes = torch.randint(0, 16, (stored, 2, 2, 32), generator=gen, dtype=torch.uint8)
     model.replay_buffer.add_batch(codes, np.arange(stored) % NUM_CLASSES, np.arange(stored))
     return model

@@ -124,8 +124,9 @@ def test_offline_run_writes_the_streaming_files(offline_run, ckpt):
         assert preds.shape == (2 * k, NUM_CLASSES) and torch.isfinite(preds).all()
         tensors, meta = load_state(offline_run / "remind_model" / f"remind_buffer_{k}.pth")
         # the buffer holds exactly the training examples seen so far (8 per class), unbounded
-        assert meta["mode"] == "offline" and len(tensors["buffer.labels"]) == 8 * k
-        assert sorted(tensors["buffer.labels"].tolist()) == sorted(list(range(k)) * 8)
+        labels = tensors["learner"]["buffer"]["labels"]
+        assert meta["identity"]["mode"] == "offline" and len(labels) == 8 * k
+        assert sorted(labels.tolist()) == sorted(list(range(k)) * 8)
         assert tensors["class_steps"].sum() == 0  # no streaming step was taken
     assert (offline_run / "accuracy_curves.png").is_file()
     # F was retrained from the base-init checkpoint: its fc differs from the checkpoint's

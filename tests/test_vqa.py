@@ -458,17 +458,15 @@ def test_trainer_modes_write_consistent_outputs(data, trained, dataset, mode):
     out = trained(dataset, "qtype", mode)
     summary = check_outputs(data, dataset, "qtype", out)
     assert summary["mode"] == mode and summary["data_order"] == "qtype"
-    state = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert ("buffer" in state) == (mode == "stream_with_rehearsal")
+    state = checkpoint_parts(out)
+    assert (state["buffer"] is not None) == (mode == "stream_with_rehearsal")
     if mode == "stream_with_rehearsal":  # default rehearsal keeps every streamed question
         train, order = order_of(data, dataset, "qtype")
         buffer = state["buffer"]
         ids = buffer["ids"].numpy()
         assert sorted(ids.tolist()) == sorted(order.rows.tolist())
         np.testing.assert_array_equal(buffer["labels"].numpy(), train.aidx[ids])
-        codes = np.load(vqa_data.feature_paths(data.work[dataset], dataset, "qtype")["codes"])
-        id_to_row = vqa_data.load_image_map(vqa_data.feature_paths(data.work[dataset], dataset)["map"])
-        np.testing.assert_array_equal(buffer["codes"].numpy(), codes[[id_to_row[int(i)] for i in train.iid[ids]]])
+        assert "codes" not in buffer  # references: the codes are read through each question's image
 
 
 def test_full_mode_on_the_iid_order(data, trained):
@@ -479,7 +477,7 @@ def test_full_mode_on_the_iid_order(data, trained):
 def test_exponential_averaging(data, trained):
     plain = load_json(trained("tdiuc", "qtype", "stream") / "summary.json")
     out = trained("tdiuc", "qtype", "stream", "--use_exponential_averaging", "--set", "ema_decay=0.0")
-    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state = checkpoint_parts(out)
     assert state["ema"].keys() == state["model"].keys()
     assert all(torch.equal(state["ema"][k], state["model"][k]) for k in state["model"])  # decay 0: a copy
     averaged = load_json(out / "summary.json")
@@ -487,8 +485,16 @@ def test_exponential_averaging(data, trained):
         assert averaged[key] == plain[key]
     out = trained("tdiuc", "qtype", "stream", "--use_exponential_averaging", "--set", "ema_decay=0.9")
     check_outputs(data, "tdiuc", "qtype", out)
-    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state = checkpoint_parts(out)
     assert not torch.equal(state["ema"]["classifier.lin1.weight"], state["model"]["classifier.lin1.weight"])
+
+
+def checkpoint_parts(out: Path) -> dict:
+    """The trainer's checkpoint.pt, by part: network weights, buffer arrays (None without), EMA, progress."""
+    tensors, meta = load_state(out / "checkpoint.pt")
+    learner = tensors.get("learner", {})
+    return {"model": learner.get("plastic_net", tensors.get("network")), "buffer": learner.get("buffer"),
+            "ema": tensors.get("ema"), "meta": meta}
 
 
 # ------------------------------------------------------------------------------- 5. buffer strategies
@@ -579,15 +585,12 @@ def test_limited_buffer_through_the_trainer(data, trained, strategy):
     out = trained("tdiuc", "qtype", "stream_with_rehearsal", "--rehearsal_mode", "limited_buffer",
                   "--max_buffer_size", "20", "--buffer_replacement_strategy", strategy)
     check_outputs(data, "tdiuc", "qtype", out)
-    buffer = torch.load(out / "checkpoint.pt", weights_only=True)["buffer"]
+    buffer = checkpoint_parts(out)["buffer"]
     ids = buffer["ids"].numpy()
-    assert len(ids) == len(buffer["labels"]) == len(buffer["codes"]) == 20 and int(buffer["max_size"]) == 20
+    assert len(ids) == len(buffer["labels"]) == 20 and int(buffer["max_size"]) == 20 and "codes" not in buffer
     train, order = order_of(data, "tdiuc", "qtype")
     assert len(set(ids.tolist())) == 20 and set(ids.tolist()) <= set(order.rows.tolist())
     np.testing.assert_array_equal(buffer["labels"].numpy(), train.aidx[ids])
-    codes = np.load(vqa_data.feature_paths(data.work["tdiuc"], "tdiuc", "qtype")["codes"])
-    id_to_row = vqa_data.load_image_map(vqa_data.feature_paths(data.work["tdiuc"], "tdiuc")["map"])
-    np.testing.assert_array_equal(buffer["codes"].numpy(), codes[[id_to_row[int(i)] for i in train.iid[ids]]])
     if strategy == "queue":
         reference = ReferenceQueue(num_valid_classes(data, "tdiuc"), 20)
         for row in order.rows:
@@ -623,7 +626,7 @@ def test_resume_gives_the_uninterrupted_result(data, trained, tmp_path, monkeypa
     summary_a = load_json(out_a / "summary.json")
     assert calls == summary_a["boundaries"][:stop]
     assert load_json(out_b / "summary.json")["boundaries"] == calls  # recorded, the checkpoint is one behind
-    meta = json.loads(torch.load(out_b / "checkpoint.pt", weights_only=True)["meta_json"])
+    meta = checkpoint_parts(out_b)["meta"]
     assert meta["position"] == calls[-2]
 
     assert vqa_trainer.main(argv) == 0
@@ -631,12 +634,11 @@ def test_resume_gives_the_uninterrupted_result(data, trained, tmp_path, monkeypa
     for boundary in summary_a["boundaries"]:
         name = f"results_boundary_{boundary}.json"
         assert load_json(out_b / name) == load_json(out_a / name)
-    state_a = torch.load(out_a / "checkpoint.pt", weights_only=True)
-    state_b = torch.load(out_b / "checkpoint.pt", weights_only=True)
+    state_a, state_b = checkpoint_parts(out_a), checkpoint_parts(out_b)
     assert state_a["model"].keys() == state_b["model"].keys()
     for key in state_a["model"]:
         assert torch.equal(state_a["model"][key], state_b["model"][key]), key
-    if "buffer" in state_a:
+    if state_a["buffer"] is not None:
         for key in state_a["buffer"]:
             assert torch.equal(state_a["buffer"][key], state_b["buffer"][key]), key
 
@@ -806,6 +808,25 @@ def test_models_take_any_grid_and_ignore_padding(model):
             assert torch.allclose(single, out[2:3], atol=1e-5)
 
 
+def test_smac_state_dict_keys_stay_checkpoint_compatible():
+    # Saved S-MAC checkpoints are loaded by these names; renaming a submodule would orphan them.
+    net = build_model(tiny_config("smac"), 12, 6)
+    linear = ["weight", "bias"]
+    expected = (["embedding.emb.weight"]
+                + [f"input_unit.conv.{i}.{p}" for i in (0, 2) for p in linear]
+                + [f"input_unit.kb_proj_layer.{p}" for p in linear]
+                + [f"input_unit.lstm.{p}_{kind}_l0{suffix}" for suffix in ("", "_reverse")
+                   for p in ("weight", "bias") for kind in ("ih", "hh")]
+                + [f"input_unit.lstm_proj.{p}" for p in linear]
+                + [f"mac_unit.control.pos_aware_layers.{i}.{p}" for i in range(2) for p in linear]
+                + [f"mac_unit.control.ctrl_question.{p}" for p in linear]
+                + ["mac_unit.control.attn.weight"]
+                + [f"mac_unit.read.concat_layer.{p}" for p in linear] + ["mac_unit.read.attn.weight"]
+                + [f"mac_unit.write.{p}" for p in linear] + ["mac_unit.mem_0", "mac_unit.control_0"]
+                + [f"output_unit.{i}.{p}" for i in (0, 2) for p in linear])
+    assert sorted(net.state_dict()) == sorted(expected)
+
+
 def write_glove(path: Path, rows: dict[str, list[float]], extra: str = "") -> None:
     path.write_text(extra + "".join(f"{w} {' '.join(map(str, v))}\n" for w, v in rows.items()))
 
@@ -837,7 +858,7 @@ def test_glove_embedding_initialised_and_frozen_in_smac(data, tmp_path, freeze):
     config, vdata, glove = vqa_trainer.prepare(args)
     assert config.freeze_embedding is freeze and config.model == "smac"
     torch.manual_seed(0)
-    learner = vqa_trainer.Learner(args, config, vdata, glove)
+    learner = vqa_trainer.VQAModel(args, config, vdata, glove)
     embedding = learner.net.embedding.emb.weight
     assert embedding.shape == (len(words) + 1, 6)
     for word, vector in chosen.items():
@@ -945,7 +966,7 @@ def test_streaming_configs_carry_the_original_hyper_parameters():
     assert (tdiuc.dataset, tdiuc.model, tdiuc.num_classes, tdiuc.lr, tdiuc.train_batch_size) == \
         ("tdiuc", "updown", 1480, 2e-3, 512)
     for config in (clevr, tdiuc):
-        assert (config.optimizer, config.max_epochs, config.num_rehearsal_samples, config.emb_dim,
+        assert (config.optimizer, config.max_epochs, config.replays_per_step, config.emb_dim,
                 config.lstm_out, config.bidirectional, config.ema_decay) == ("adamax", 20, 50, 300, 512, True, 0.999)
     assert not clevr.imnorm and tdiuc.imnorm
     assert clevr.freeze_embedding and not clevr.embedding_dropout and tdiuc.embedding_dropout
@@ -957,14 +978,17 @@ def test_remind_step_is_the_new_question_plus_distinct_replays(data, tmp_path, m
     """Each streamed REMIND step trains on the new question first, then min(r, stored) distinct replays drawn
     from the buffer after the new question entered it (so only from questions seen so far)."""
     calls = []
-    original = vqa_trainer.VQAData.batch
+    original = vqa_trainer.VQAModel.replay_loss
 
-    def recording(self, split, rows, codes=None):
-        if codes is not None:
-            calls.append(np.asarray(rows).copy())
-        return original(self, split, rows, codes)
+    def recording(self, batch):
+        calls.append(batch.ids.copy())
+        # the buffer holds references: each row's maps are its own image's codes, decoded
+        images = torch.from_numpy(self.data.train_image[batch.ids])
+        assert torch.equal(batch.maps, self.data.codec.decode_maps(self.data.codes[images]))
+        assert torch.equal(batch.labels, torch.from_numpy(self.data.train.aidx[batch.ids].astype(np.int64)))
+        return original(self, batch)
 
-    monkeypatch.setattr(vqa_trainer.VQAData, "batch", recording)
+    monkeypatch.setattr(vqa_trainer.VQAModel, "replay_loss", recording)
     out = tmp_path / "out"
     assert vqa_trainer.main(trainer_argv(data, "clevr", "qtype", "stream_with_rehearsal", out)) == 0
     _, order = order_of(data, "clevr", "qtype")

@@ -26,11 +26,12 @@ import torchvision
 from PIL import Image
 from tqdm import tqdm
 
+from image_classification_experiments.utils_imagenet import IMAGENET_MEAN, IMAGENET_STD
 from remind.checkpoint import CheckpointError, atomic_write_text, safe_load
+from remind.cli import default_device, run_main
 from vqa_experiments.vqa_data import VQADataError, atomic_npy, feature_paths
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+
 
 
 def build_trunk(arch: str, stage: int, weights: str | None, random_init: bool, seed: int = 0) -> nn.Sequential:
@@ -69,8 +70,8 @@ class ImageList(torch.utils.data.Dataset):
     def __init__(self, paths: list[Path], image_size: int):
         self.paths = paths
         self.image_size = image_size
-        self.mean = torch.tensor(MEAN).view(3, 1, 1)
-        self.std = torch.tensor(STD).view(3, 1, 1)
+        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -146,7 +147,7 @@ def add_arguments(parser: argparse.ArgumentParser, arch: str, stage: int) -> Non
     parser.add_argument("--path", required=True, help="dataset folder holding the images")
     parser.add_argument("--out", default=None, help="work folder for the features (default: --path)")
     add_trunk_arguments(parser, arch, stage)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device(), help="cuda or cpu (default: cuda if present)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"],
                         help="on-disk precision of the features (float16 halves the disk PQ training needs)")
     parser.add_argument("--overwrite", action="store_true")
@@ -156,13 +157,10 @@ def run(dataset: str, images_fn, argv, arch: str, stage: int, doc: str) -> int:
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser, arch, stage)
     args = parser.parse_args(argv)
-    try:
+
+    def body():
         images = images_fn(Path(args.path))
-        summary = extract(dataset, images, args.out or args.path, args.model, args.model_stage, args.weights,
-                          args.random_init, args.image_size, args.batch_size, args.num_workers, args.device,
-                          args.dtype, args.overwrite)
-    except (VQADataError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    return 0
+        print(json.dumps(extract(dataset, images, args.out or args.path, args.model, args.model_stage, args.weights,
+                                 args.random_init, args.image_size, args.batch_size, args.num_workers, args.device,
+                                 args.dtype, args.overwrite)))
+    return run_main(body)

@@ -20,23 +20,18 @@ import argparse
 import itertools
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from remind.checkpoint import CheckpointError, atomic_write_text, save_state
-from remind.pq import PQCodec, check_pq_shape
+from remind.checkpoint import atomic_write_text, save_state
+from remind.cli import default_device, run_main
+from remind.pq import PQCodec, TrainingVectorSampler, check_pq_shape
 from vqa_experiments.configs import default_config
 from vqa_experiments.image_features import add_trunk_arguments, build_trunk, check_images, image_map, trunk_batches
 from vqa_experiments.vqa_data import VQADataError, atomic_npy, base_init_image_ids, feature_paths, \
     image_rows, load_image_map, load_lut, load_questions, stream_order
-
-
-def draw_vector_indices(total: int, count: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted flat (image, location) indices of PQ's training vectors: all of them, or ``count`` distinct ones."""
-    return np.arange(total) if total <= count else np.sort(rng.choice(total, size=count, replace=False))
 
 
 def sample_training_vectors(features: np.ndarray, rows: np.ndarray, count: int, rng: np.random.Generator,
@@ -44,16 +39,14 @@ def sample_training_vectors(features: np.ndarray, rows: np.ndarray, count: int, 
     """Up to ``count`` distinct (image, location) vectors of the given image rows, as float32 ``(n, C)``."""
     rows = np.sort(rows)  # sequential reads of the memory-mapped features
     hw, c = features.shape[1] * features.shape[2], features.shape[3]
-    flat = draw_vector_indices(len(rows) * hw, count, rng)
-    image, location = flat // hw, flat % hw
-    out = np.empty((len(flat), c), dtype=np.float32)
+    sampler = TrainingVectorSampler(len(rows) * hw, count, rng)
     for start in range(0, len(rows), chunk_images):
-        lo, hi = np.searchsorted(image, [start, start + chunk_images])
-        if lo == hi:
+        chunk = rows[start:start + chunk_images]
+        if not len(sampler.wanted(len(chunk) * hw)):
+            sampler.skip(len(chunk) * hw)  # no read of images that hold no training vector
             continue
-        maps = np.asarray(features[rows[start:start + chunk_images]], dtype=np.float32).reshape(-1, hw, c)
-        out[lo:hi] = maps[image[lo:hi] - start, location[lo:hi]]
-    return out
+        sampler.take(np.asarray(features[chunk], dtype=np.float32).reshape(-1, c))
+    return sampler.vectors()
 
 
 def encode_all(features: np.ndarray, codec: PQCodec, out_path: Path, chunk_images: int = 256) -> np.ndarray:
@@ -76,23 +69,21 @@ def run(dataset: str, argv=None, doc: str = __doc__, images_fn=None, arch: str =
                         help="answers kept for training (default: the dataset's streaming config)")
     parser.add_argument("--train_vectors", type=int, default=None,
                         help="vectors sampled for k-means (default 256 per centroid, what faiss would keep)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device(), help="cuda or cpu (default: cuda if present)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")
     group = parser.add_argument_group("encoding straight from the images (no float feature file)")
     group.add_argument("--images", default=None, help="the dataset folder holding the images")
     add_trunk_arguments(group, arch, stage)
     args = parser.parse_args(argv)
-    try:
+
+    def body():
         if args.images is None:
             summary = encode_dataset(dataset, args)
         else:
             summary = encode_from_images(dataset, args, images_fn(Path(args.images)))
-    except (VQADataError, CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=1))
-    return 0
+        print(json.dumps(summary, indent=1))
+    return run_main(body)
 
 
 def base_init_ids(dataset: str, args, id_to_row: dict[int, int], map_source) -> np.ndarray:
@@ -143,17 +134,14 @@ def encode_from_images(dataset: str, args, images: list) -> dict:
                        device=args.device)
     rng = np.random.default_rng(args.seed)
     count = args.train_vectors or 256 * args.codebook_size
-    vectors, flat, hw, done = [], None, None, 0
+    sampler = None
     for maps in trunk_batches(trunk, [images[r][1] for r in base_rows], desc="base-init images", **loader_args):
-        if flat is None:  # the same draw sample_training_vectors makes from a feature file
+        if sampler is None:  # the same draw sample_training_vectors makes from a feature file
             hw, channels = maps.shape[1] * maps.shape[2], maps.shape[3]
             check_pq_shape(channels, args.num_codebooks, args.codebook_size)
-            flat = draw_vector_indices(len(base_rows) * hw, count, rng)
-        lo, hi = np.searchsorted(flat, [done * hw, (done + len(maps)) * hw])
-        local = torch.from_numpy(flat[lo:hi] - done * hw).to(maps.device)
-        vectors.append(maps.reshape(-1, maps.shape[-1]).index_select(0, local).float().cpu().numpy())
-        done += len(maps)
-    vectors = np.concatenate(vectors)
+            sampler = TrainingVectorSampler(len(base_rows) * hw, count, rng)
+        sampler.take(maps.reshape(-1, maps.shape[-1]))
+    vectors = sampler.vectors()
     print(f"training PQ ({args.num_codebooks} codebooks x {args.codebook_size}) on {len(vectors)} vectors from "
           f"{len(base_rows)} base-init images ({args.data_order} order)", flush=True)
     codec = PQCodec.train(vectors, args.num_codebooks, args.codebook_size, seed=args.seed, device=args.device)

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import random
-import sys
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from remind.checkpoint import atomic_write, atomic_write_text, load_state
+from remind.cli import run_main
 from remind.pq import PQCodec
 
 # CLEVR's five question types, named by the last function of each question's program.
@@ -195,15 +195,12 @@ def preprocess_main(dataset: str, read_split, argv, doc: str, path_help: str) ->
     parser.add_argument("--path", required=True, help=path_help)
     parser.add_argument("--out", default=None, help="where to write the tables (default: --path)")
     args = parser.parse_args(argv)
-    try:
+
+    def body():
         path = Path(args.path)
         splits = {split: read_split(path, split) for split in ("train", "val")}
-        summary = write_question_files(args.out or path, dataset, splits)
-    except VQADataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    return 0
+        print(json.dumps(write_question_files(args.out or path, dataset, splits)))
+    return run_main(body)
 
 
 QUESTION_FIELDS = ("qid", "iid", "q", "a", "tokens", "qlen", "aidx", "ten_aidx", "atypeidx", "qtypeidx")

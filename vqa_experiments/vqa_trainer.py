@@ -6,7 +6,7 @@
 Streaming modes first train offline on the base-init segment (iid: the first
 10% of the shuffled questions; qtype: the first question type) for the
 config's ``max_epochs``, then learn one question at a time; REMIND adds
-``num_rehearsal_samples`` (50) replayed (question, PQ codes, answer) triples
+``replays_per_step`` (50; the original config's ``num_rehearsal_samples``) replayed (question, PQ codes, answer) triples
 to every step. Evaluation on all validation questions at every boundary of the
 order (iid: every 10%; qtype: the end of each type). ``--full`` trains a fresh
 network offline on all data up to each boundary: the upper bound.
@@ -34,9 +34,10 @@ import torch
 import torch.nn as nn
 
 from remind import reporting
-from remind.buffer import ReplayBuffer
-from remind.checkpoint import CheckpointError, atomic_torch_save, atomic_write_text, rng_from_json, rng_state_to_json, \
-    safe_load
+from remind.buffer import ReplayBuffer, SharedCodes
+from remind.checkpoint import atomic_write_text, load_run_state, rng_from_json, rng_state_to_json, save_run_state
+from remind.cli import check_device, default_device, run_main
+from remind.learner import ReplayBatch, StreamingLearner
 from vqa_experiments.configs import get_config, override
 from vqa_experiments.metric import accuracy_by_type
 from vqa_experiments.vqa_data import Dictionary, VQADataError, image_rows, load_codes, load_lut, \
@@ -72,7 +73,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="GloVe text file (or .npy matrix) to initialise word embeddings; default random")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a config field, e.g. --set max_epochs=5 (repeatable)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device(), help="cuda or cpu (default: cuda if present)")
     parser.add_argument("--seed", type=int, default=0, help="network init, dropout, base-init shuffles, replay draws")
     return parser
 
@@ -116,26 +117,42 @@ class VQAData:
                 "image": torch.from_numpy(image).to(self.device),
             }
 
-    def maps(self, codes: torch.Tensor) -> torch.Tensor:
-        maps = self.codec.decode_maps(codes)  # (B, C, H, W)
+    def normalise(self, maps: torch.Tensor) -> torch.Tensor:
         if self.imnorm:  # the original's imnorm: unit L2 norm of each location's feature vector
             maps = maps / (maps.norm(dim=1, keepdim=True) + 1e-8)
         return maps
 
-    def batch(self, split: str, rows, codes: torch.Tensor | None = None):
-        """(tokens, maps, qlen, answers) of table rows; ``codes`` overrides the image codes (replay)."""
+    def shared_codes(self) -> SharedCodes:
+        """The image codes, held once, and the image of every training question: what the buffer refers to."""
+        return SharedCodes(self.codes, self.train_image)
+
+    def image_codes(self, row: int) -> torch.Tensor:
+        """``(H, W, M)`` codes of training question ``row``'s image, on the device."""
+        return self.codes[int(self.train_image[row])]
+
+    def inputs(self, split: str, rows, maps: torch.Tensor):
+        """(tokens, maps, qlen, answers) of table rows whose decoded maps ``(B, C, H, W)`` are given."""
         table = self.tables[split]
         index = torch.as_tensor(np.asarray(rows, dtype=np.int64))
         dev_index = index.to(self.device)
-        if codes is None:
-            codes = self.codes.index_select(0, table["image"].index_select(0, dev_index))
-        return (table["tokens"].index_select(0, dev_index), self.maps(codes), table["qlen"].index_select(0, index),
-                table["answers"].index_select(0, dev_index))
+        return (table["tokens"].index_select(0, dev_index), self.normalise(maps),
+                table["qlen"].index_select(0, index), table["answers"].index_select(0, dev_index))
+
+    def batch(self, split: str, rows):
+        """(tokens, maps, qlen, answers) of table rows, maps decoded from their images' codes."""
+        index = torch.as_tensor(np.asarray(rows, dtype=np.int64)).to(self.device)
+        codes = self.codes.index_select(0, self.tables[split]["image"].index_select(0, index))
+        return self.inputs(split, rows, self.codec.decode_maps(codes))
 
 
-# -------------------------------------------------------------------- learner
-class Learner:
-    """Network, optimizer, optional weight average and replay buffer; everything a checkpoint holds."""
+# -------------------------------------------------------------------- the model
+class VQAModel:
+    """The VQA adapter of the streaming learner: network, optimizer, optional weight average.
+
+    Offline training (base init, ``--full``) takes mini-batches of table rows; streaming goes through
+    :class:`remind.learner.StreamingLearner` (:meth:`streaming_learner`), with :meth:`replay_loss` as its
+    batch builder: the decoded maps of the new question and its replays get their questions' tokens.
+    """
 
     def __init__(self, args, config, data: VQAData, glove: np.ndarray | None):
         self.config, self.data, self.device = config, data, data.device
@@ -153,17 +170,36 @@ class Learner:
         self.optimizer = torch.optim.Adamax(params, lr=config.lr)
         self.criterion = nn.CrossEntropyLoss()
 
-    def step(self, tokens, maps, qlen, answers) -> float:
+    def loss(self, tokens, maps, qlen, answers) -> torch.Tensor:
         self.net.train()
-        loss = self.criterion(self.net(tokens, maps, qlen), answers)
+        return self.criterion(self.net(tokens, maps, qlen), answers)
+
+    def replay_loss(self, batch: ReplayBatch) -> torch.Tensor:
+        """The learner's batch builder: tokens and lengths of the batch's question rows, answers = labels."""
+        tokens, maps, qlen, _ = self.data.inputs("train", batch.ids, batch.maps)
+        return self.loss(tokens, maps, qlen, batch.labels)
+
+    @torch.no_grad()
+    def update_average(self) -> None:
+        if self.ema is not None:
+            for avg, p in zip(self.ema.parameters(), self.net.parameters()):
+                avg.mul_(self.config.ema_decay).add_(p, alpha=1 - self.config.ema_decay)
+
+    def step(self, tokens, maps, qlen, answers) -> torch.Tensor:
+        """One mini-batch step (offline training)."""
+        loss = self.loss(tokens, maps, qlen, answers)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        if self.ema is not None:
-            with torch.no_grad():
-                for avg, p in zip(self.ema.parameters(), self.net.parameters()):
-                    avg.mul_(self.config.ema_decay).add_(p, alpha=1 - self.config.ema_decay)
+        self.update_average()
         return loss.detach()
+
+    def streaming_learner(self, buffer: ReplayBuffer | None, rng: np.random.Generator, replays_per_step: int,
+                          strategy: str) -> StreamingLearner:
+        """The shared learner over this network; the new question enters the buffer before the draw."""
+        return StreamingLearner(self.net, self.optimizer, self.data.codec, buffer, rng,
+                                replays_per_step=replays_per_step, insert_first=True, replacement=strategy,
+                                after_update=self.update_average)
 
     @property
     def eval_net(self) -> nn.Module:
@@ -195,46 +231,24 @@ class Learner:
 
 
 # ---------------------------------------------------------------- checkpoints
-def save_checkpoint(path: Path, learner: Learner, buffer: ReplayBuffer | None, rng, position: int,
+def save_checkpoint(path: Path, model: VQAModel, learner: StreamingLearner | None, rng, position: int,
                     summary: dict, identity: dict, segment: int) -> None:
-    state = {
-        "model": learner.net.state_dict(),
-        "optimizer": learner.optimizer.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "meta_json": json.dumps({"position": position, "segment": segment, "identity": identity,
-                                 "summary": summary, "rng": rng_state_to_json(rng)}),
-    }
-    if torch.cuda.is_available():
-        state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    if learner.ema is not None:
-        state["ema"] = learner.ema.state_dict()
-    if buffer is not None:
-        state["buffer"] = buffer.state_dict()
-    atomic_torch_save(state, path)
+    """The run state in the project's one layout: the learner's state when streaming, else the network's."""
+    if learner is not None:
+        state = {"learner": learner.state_dict()}
+    else:
+        state = {"network": model.net.state_dict(), "optimizer": model.optimizer.state_dict(),
+                 "torch_rng": torch.get_rng_state()}
+    if model.ema is not None:
+        state["ema"] = model.ema.state_dict()
+    progress = {"position": position, "segment": segment, "summary": summary}
+    if rng is not None:
+        progress["rng"] = rng_state_to_json(rng)
+    save_run_state(path, state, identity, progress)
 
 
 def load_checkpoint(path: Path, identity: dict) -> tuple[dict, dict]:
-    state = safe_load(path, "VQA checkpoint")
-    if not isinstance(state, dict) or "meta_json" not in state:
-        raise CheckpointError(f"{path} is not a vqa_trainer checkpoint")
-    meta = json.loads(state["meta_json"])
-    if meta["identity"] != identity:
-        diff = {k: (meta["identity"].get(k), v) for k, v in identity.items() if meta["identity"].get(k) != v}
-        raise VQADataError(f"{path} belongs to a run with other settings {diff} (saved, now); use another "
-                           "--expt_name / --output_dir, or delete that folder to start over")
-    return state, meta
-
-
-def restore(learner: Learner, state: dict, buffer: ReplayBuffer | None, full_mode: bool) -> None:
-    learner.net.load_state_dict(state["model"])
-    learner.optimizer.load_state_dict(state["optimizer"])
-    if learner.ema is not None:
-        learner.ema.load_state_dict(state["ema"])
-    if buffer is not None:
-        buffer.load_state_dict(state["buffer"])
-    torch.set_rng_state(state["torch_rng"])
-    if "cuda_rng" in state and torch.cuda.is_available() and not full_mode:
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return load_run_state(path, identity, "VQA checkpoint")
 
 
 # -------------------------------------------------------------------- outputs
@@ -287,68 +301,50 @@ def per_type_table(summary: dict) -> str:
 
 # ---------------------------------------------------------------------- modes
 def make_buffer(args, data: VQAData) -> ReplayBuffer:
+    """References (question row, answer) to codes held once per image; 10 bytes per stored question."""
     max_size = args.max_buffer_size if args.rehearsal_mode == "limited_buffer" else None
-    return ReplayBuffer(data.code_shape, data.num_classes, max_size=max_size, device=data.device)
+    return ReplayBuffer(data.code_shape, data.num_classes, max_size=max_size, device=data.device,
+                        shared_codes=data.shared_codes())
 
 
-def buffer_insert(buffer: ReplayBuffer, data: VQAData, rows: np.ndarray, rng, strategy: str) -> None:
-    """Store the base-init questions (their codes, answer and row): in one batch when they fit, else one by
-    one with eviction, as the original's sampler did."""
-    image = data.train_image[rows]
-    codes = data.codes.index_select(0, torch.from_numpy(image).to(data.device))
-    answers = data.train.aidx[rows]
-    if buffer.max_size is None or len(buffer) + len(rows) <= buffer.max_size:
-        buffer.add_batch(codes, answers, rows)
-        return
-    for i, row in enumerate(rows):
-        buffer.insert(codes[i], int(answers[i]), int(row), rng, strategy)
-
-
-def streaming(args, config, data: VQAData, learner: Learner, out_dir: Path, identity: dict) -> dict:
+def streaming(args, config, data: VQAData, model: VQAModel, out_dir: Path, identity: dict) -> dict:
     order = data.order
-    rehearsal = args.stream_with_rehearsal
-    buffer = make_buffer(args, data) if rehearsal else None
+    buffer = make_buffer(args, data) if args.stream_with_rehearsal else None
+    replays = config.replays_per_step if args.stream_with_rehearsal else 0
+    learner = model.streaming_learner(buffer, np.random.default_rng(args.seed), replays,
+                                      args.buffer_replacement_strategy)
     ckpt = out_dir / CHECKPOINT
     if ckpt.exists():
         state, meta = load_checkpoint(ckpt, identity)
-        restore(learner, state, buffer, full_mode=False)
-        rng, position, summary = rng_from_json(meta["rng"]), meta["position"], meta["summary"]
+        learner.load_state_dict(state["learner"])
+        if model.ema is not None:
+            model.ema.load_state_dict(state["ema"])
+        position, summary = meta["position"], meta["summary"]
         print(f"resuming {args.expt_name} after {position} questions", flush=True)
     else:
-        rng, summary = np.random.default_rng(args.seed), new_summary(args, config, data)
+        summary = new_summary(args, config, data)
         base = order.rows[:order.boundaries[0]]
         print(f"base init: {len(base)} questions ({order.segment_names[0]}), {config.max_epochs} epochs", flush=True)
-        learner.train_offline(base, config.max_epochs, rng, "base init")
-        if buffer is not None:
-            buffer_insert(buffer, data, base, rng, args.buffer_replacement_strategy)
+        model.train_offline(base, config.max_epochs, learner.rng, "base init")
+        # the base-init questions, in one batch when they fit, else one by one with eviction (the original)
+        learner.store(None, data.train.aidx[base], base, evict_overflow=True)
         position = order.boundaries[0]
-        accuracy, predictions = learner.evaluate()
+        accuracy, predictions = model.evaluate()
         record(out_dir, summary, position, order.segment_names[0], accuracy, predictions, data.val.qid)
-        save_checkpoint(ckpt, learner, buffer, rng, position, summary, identity, 0)
-    r = config.num_rehearsal_samples
-    start = time.time()
-    end = order.boundaries[-1]
+        save_checkpoint(ckpt, model, learner, None, position, summary, identity, 0)
+    start, end = time.time(), order.boundaries[-1]
     boundary_index = {b: k for k, b in enumerate(order.boundaries)}
     for position in range(position, end):
         row = int(order.rows[position])
-        if buffer is None:
-            learner.step(*data.batch("train", [row]))
-        else:
-            # As the original: the new question enters the buffer first, then r replays are drawn from it.
-            own = data.codes[int(data.train_image[row])]  # (H, W, M), already on the device
-            buffer.insert(own, int(data.train.aidx[row]), row, rng, args.buffer_replacement_strategy)
-            slots = buffer.sample(r, rng)
-            replay_codes, _ = buffer.gather(slots)
-            rows = np.concatenate([[row], buffer.ids[slots]])
-            learner.step(*data.batch("train", rows, codes=torch.cat([own.unsqueeze(0), replay_codes])))
+        learner.step(data.image_codes(row), int(data.train.aidx[row]), row, model.replay_loss)
         done = position + 1
         if done in boundary_index:
-            segment = order.segment_names[boundary_index[done]]
             rate = (done - order.boundaries[0]) / max(1e-9, time.time() - start)
             print(f"streamed to {done}/{end} ({rate:.1f} questions/s)", flush=True)
-            accuracy, predictions = learner.evaluate()
-            record(out_dir, summary, done, segment, accuracy, predictions, data.val.qid)
-            save_checkpoint(ckpt, learner, buffer, rng, done, summary, identity, boundary_index[done])
+            accuracy, predictions = model.evaluate()
+            record(out_dir, summary, done, order.segment_names[boundary_index[done]], accuracy, predictions,
+                   data.val.qid)
+            save_checkpoint(ckpt, model, learner, None, done, summary, identity, boundary_index[done])
     return summary
 
 
@@ -362,15 +358,14 @@ def offline(args, config, data: VQAData, out_dir: Path, identity: dict, glove) -
         print(f"resuming {args.expt_name} at segment {first + 1}/{len(order.boundaries)}", flush=True)
     else:
         rng, summary, first = np.random.default_rng(args.seed), new_summary(args, config, data), 0
-    learner = None
     for k in range(first, len(order.boundaries)):
         boundary = order.boundaries[k]
         torch.manual_seed(args.seed * 1000 + k)
-        learner = Learner(args, config, data, glove)
-        learner.train_offline(order.rows[:boundary], config.max_epochs, rng, f"offline to {boundary}")
-        accuracy, predictions = learner.evaluate()
+        model = VQAModel(args, config, data, glove)
+        model.train_offline(order.rows[:boundary], config.max_epochs, rng, f"offline to {boundary}")
+        accuracy, predictions = model.evaluate()
         record(out_dir, summary, boundary, order.segment_names[k], accuracy, predictions, data.val.qid)
-        save_checkpoint(ckpt, learner, None, rng, boundary, summary, identity, k)
+        save_checkpoint(ckpt, model, None, rng, boundary, summary, identity, k)
     return summary
 
 
@@ -386,8 +381,7 @@ def prepare(args):
             raise ValueError("--rehearsal_mode limited_buffer needs a positive --max_buffer_size")
         if not args.stream_with_rehearsal:
             raise ValueError("--rehearsal_mode limited_buffer only applies to --stream_with_rehearsal")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device} but no CUDA device is available; use --device cpu")
+    check_device(args.device)
     data = VQAData(args, config)
     config = dataclasses.replace(config, num_classes=data.num_classes)
     glove = None
@@ -402,7 +396,8 @@ def prepare(args):
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
-    try:
+
+    def body():
         config, data, glove = prepare(args)
         out_dir = Path(args.output_dir or Path("snapshots") / args.expt_name)
         identity = {k: (run_mode(args) if k == "mode" else getattr(args, k)) for k in RUN_IDENTITY}
@@ -417,12 +412,9 @@ def main(argv=None) -> int:
         if args.full:
             summary = offline(args, config, data, out_dir, identity, glove)
         else:
-            summary = streaming(args, config, data, Learner(args, config, data, glove), out_dir, identity)
-    except (VQADataError, CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(per_type_table(summary))
-    return 0
+            summary = streaming(args, config, data, VQAModel(args, config, data, glove), out_dir, identity)
+        print(per_type_table(summary))
+    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ class VQAConfig:
     val_batch_size: int = 512
     max_epochs: int = 20          # base-init (and --full) epochs
     optimizer: str = "adamax"
-    num_rehearsal_samples: int = 50
+    replays_per_step: int = 50    # the original's num_rehearsal_samples (also accepted by --set)
     imnorm: bool = False          # L2-normalise each location's feature vector
     # question encoder
     emb_dim: int = 300
@@ -61,6 +61,10 @@ CONFIGS: dict[str, VQAConfig] = {
 }
 
 
+# The original configs' field names that this project names otherwise.
+ALIASES = {"num_rehearsal_samples": "replays_per_step"}
+
+
 def get_config(name: str) -> VQAConfig:
     if name not in CONFIGS:
         raise ValueError(f"unknown --config_name {name!r}; known: {', '.join(sorted(CONFIGS))}")
@@ -77,6 +81,7 @@ def override(config: VQAConfig, assignments: list[str]) -> VQAConfig:
     changes = {}
     for item in assignments:
         name, sep, value = item.partition("=")
+        name = ALIASES.get(name, name)
         if not sep or name not in fields:
             raise ValueError(f"--set {item!r}: expected field=value with field one of {', '.join(fields)}")
         kind = type(getattr(config, name))

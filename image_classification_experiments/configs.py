@@ -1,0 +1,100 @@
+"""The image learner's settings as one frozen dataclass, with named presets (``--preset``).
+
+:class:`REMINDConfig` is everything that defines what ``REMINDModel`` computes:
+the G/F split, the PQ geometry, the buffer, the learning-rate rule and the
+augmentation. The command-line flags fill it (``FLAGS`` maps each field to the
+original's flag name); a preset sets the flags' defaults, so an explicit flag
+still wins. Plain data in a registry, as ``vqa_experiments/configs``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class REMINDConfig:
+    num_classes: int = 1000
+    # network: G is classifier_G cut after extract_features_from; F is classifier_F
+    classifier_G: str = "ResNet18ClassifyAfterLayer4_1"
+    extract_features_from: str = "model.layer4.0"
+    classifier_F: str = "ResNet18_StartAt_Layer4_1"
+    num_channels: int = 512
+    # product quantisation
+    num_codebooks: int = 32
+    codebook_size: int = 256
+    pq_backend: str = "torch"        # encoder: torch (any device) or faiss (CPU); same codebooks
+    # replay
+    replays_per_step: int = 50       # the paper's r; 0 fine-tunes
+    max_buffer_size: int | None = None
+    # optimisation
+    weight_decay: float = 1e-5
+    lr_mode: str = "step_lr_per_class"
+    lr_step_size: int = 100
+    start_lr: float = 0.1
+    end_lr: float = 0.001
+    # examples per class in the LR rule: one int (the original: 1300) or one count per class;
+    # "auto" (flag value) is resolved from the training labels before the model is built
+    lr_examples_per_class: int | tuple[int, ...] | str = 1300
+    grad_clip: float | None = None
+    # augmentation of replayed feature maps
+    use_random_resized_crops: bool = True
+    use_mixup: bool = False
+    mixup_alpha: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.lr_mode not in ("step_lr_per_class", "constant"):
+            raise ValueError(f"unknown --lr_mode {self.lr_mode!r}; use step_lr_per_class or constant")
+        if self.replays_per_step < 0:
+            raise ValueError(f"--rehearsal_samples must be non-negative, got {self.replays_per_step}")
+        if self.pq_backend not in ("torch", "faiss"):
+            raise ValueError(f"unknown --pq_backend {self.pq_backend!r}; use torch or faiss")
+
+    def settings(self) -> dict:
+        """JSON-ready fields (what a checkpoint records as the run's method)."""
+        return json_ready(dataclasses.asdict(self))
+
+
+def json_ready(values: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+# Config field -> flag (argparse dest) of imagenet_experiment / core50_experiment, the original's names.
+FLAGS = {
+    "num_classes": "num_classes", "classifier_G": "base_arch", "extract_features_from": "extract_features_from",
+    "classifier_F": "classifier", "num_channels": "num_channels", "num_codebooks": "num_codebooks",
+    "codebook_size": "codebook_size", "pq_backend": "pq_backend", "replays_per_step": "rehearsal_samples",
+    "max_buffer_size": "max_buffer_size", "weight_decay": "weight_decay", "lr_mode": "lr_mode",
+    "lr_step_size": "lr_step_size", "start_lr": "start_lr", "end_lr": "end_lr",
+    "lr_examples_per_class": "lr_examples_per_class", "use_random_resized_crops": "use_random_resized_crops",
+    "use_mixup": "use_mixup", "mixup_alpha": "mixup_alpha", "seed": "seed",
+}
+
+PRESETS: dict[str, REMINDConfig] = {
+    # The paper's ImageNet runs (run_imagenet_experiment.sh): 959,665 stored examples, crops and mixup.
+    "imagenet_paper": REMINDConfig(max_buffer_size=959_665, use_random_resized_crops=True, use_mixup=True,
+                                   mixup_alpha=0.1),
+    # CORe50's 10 categories (run_core50_experiment.sh); the LR decays over each category's own count.
+    "core50": REMINDConfig(num_classes=10, use_random_resized_crops=True, use_mixup=True, mixup_alpha=0.1,
+                           lr_examples_per_class="auto"),
+    # make demo: scikit-learn's digits, 10 classes of ~134 training images each.
+    "digits_demo": REMINDConfig(num_classes=10, use_random_resized_crops=True, use_mixup=True, mixup_alpha=0.1,
+                                lr_examples_per_class="auto"),
+}
+
+
+def preset_defaults(name: str) -> dict:
+    """A preset as parser defaults (flag dest -> value)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown --preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    values = dataclasses.asdict(PRESETS[name])
+    return {FLAGS[field]: (str(v) if field == "lr_examples_per_class" else v) for field, v in values.items()}
+
+
+def config_from_args(args, **resolved) -> REMINDConfig:
+    """The config the parsed flags describe; ``resolved`` replaces fields computed from data
+    (``lr_examples_per_class`` from ``auto``, ``num_classes`` fixed by the dataset)."""
+    values = {field: getattr(args, flag) for field, flag in FLAGS.items() if hasattr(args, flag)}
+    values.update(resolved)
+    return REMINDConfig(**values)

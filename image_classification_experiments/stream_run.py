@@ -1,0 +1,246 @@
+"""One run loop for the class-incremental image experiments: ImageNet, CORe50 and the whole-network baseline.
+
+:func:`run_stream` drives a :class:`StreamMethod` (REMIND or fine-tuning or the
+feature-level offline baseline through :class:`REMINDStream`; the whole-network
+baseline in ``offline_full_network``) over a :class:`StreamSpec`: base
+initialisation up to the first evaluation point, then one segment of the stream
+per later point, an evaluation after each, its accuracy and prediction files,
+then the method's checkpoint. A rerun continues after the last complete
+checkpoint. :func:`record_accuracies` is the one place base / non-base / seen
+accuracy is computed.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from image_classification_experiments.REMINDModel import REMINDModel
+from remind import reporting
+from remind.checkpoint import CheckpointError, atomic_torch_save, atomic_write_text
+from remind.metrics import topk_accuracy
+
+ACCURACY_KEYS = ("base_classes_top1", "non_base_classes_top1", "seen_classes_top1",
+                 "base_classes_top5", "non_base_classes_top5", "seen_classes_top5")
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """Where a stream is evaluated.
+
+    Attributes:
+        points: stream positions after which the learner is evaluated, increasing; ``points[0]`` ends
+            the base initialisation (ImageNet: class counts; CORe50: frames).
+        start: the first position of the base initialisation (ImageNet: ``--min_class``).
+        unit: what a position counts, for logs and plots (``classes`` or ``frames``).
+    """
+    points: tuple[int, ...]
+    start: int = 0
+    unit: str = "classes"
+
+    def __post_init__(self):
+        if not self.points or list(self.points) != sorted(set(self.points)) or self.points[0] <= self.start:
+            raise ValueError(f"evaluation points {self.points} must increase and start after {self.start}")
+
+    @classmethod
+    def class_increments(cls, base_init_classes: int, class_increment: int, max_class: int, min_class: int = 0,
+                         streaming_min_class: int | None = None) -> "StreamSpec":
+        """ImageNet-style points: base init on ``[min_class, base_init_classes)``, then ``class_increment``
+        classes at a time from ``streaming_min_class`` (default: the end of base init) to ``max_class``."""
+        if class_increment <= 0:
+            raise ValueError(f"--class_increment must be positive, got {class_increment}")
+        first = base_init_classes if streaming_min_class is None else streaming_min_class
+        # the points before ``first`` (a run resumed there has evaluated them) and from it on
+        earlier = [c for c in range(base_init_classes, first, class_increment)]
+        later = [min(c + class_increment, max_class) for c in range(first, max_class, class_increment)]
+        return cls(tuple(sorted({base_init_classes, *earlier, first, *later} - {p for p in later if p > max_class})),
+                   min_class, "classes")
+
+    def segments(self, done: int) -> list[tuple[int, int]]:
+        """``(start, end)`` of each segment still to learn after position ``done``."""
+        return [(max(done, previous), end) for previous, end in zip(self.points, self.points[1:]) if end > done]
+
+    def seen_at(self, evaluations: int) -> list[int]:
+        """Positions of the first ``evaluations`` evaluation points (the x values of tables and plots)."""
+        return list(self.points[:evaluations])
+
+
+def new_accuracies() -> dict[str, list]:
+    return {k: [] for k in ACCURACY_KEYS}
+
+
+def record_accuracies(accuracies: dict, probas: np.ndarray, labels: np.ndarray, is_base: np.ndarray,
+                      omit_non_base: bool = False) -> None:
+    """Append top-1/top-5 on base, non-base and all seen classes (the original's keys) to ``accuracies``.
+
+    A group without test examples gets ``None``. ``omit_non_base`` leaves out the non-base entry, as
+    the original ImageNet code does at base initialisation (its non-base lists are one shorter).
+    """
+    for name, mask in (("base_classes", is_base), ("non_base_classes", ~is_base),
+                       ("seen_classes", np.ones_like(is_base))):
+        if omit_non_base and name == "non_base_classes":
+            continue
+        top1, top5 = topk_accuracy(probas[mask], labels[mask], topk=(1, 5)) if mask.any() else (None, None)
+        accuracies[f"{name}_top1"].append(top1)
+        accuracies[f"{name}_top5"].append(top5)
+    base = accuracies["base_classes_top1"][-1]
+    print(f"seen top1={accuracies['seen_classes_top1'][-1]:.2f}% top5={accuracies['seen_classes_top5'][-1]:.2f}%"
+          f" | base top1={'n/a' if base is None else f'{base:.2f}%'} on {len(labels)} test examples", flush=True)
+
+
+@dataclass(frozen=True)
+class ResultFiles:
+    """Names of a run's per-evaluation files, in the original's convention.
+
+    ``{prefix}accuracies_min_trained_{first}_max_trained_{end}.json`` (all accuracy lists so far),
+    ``{prefix}preds_min_trained_{first}_max_trained_{end}.pth`` (softmax probabilities) and one plot.
+    """
+    save_dir: Path
+    run_name: str
+    first: int = 0
+    prefix: str = ""
+    plot_name: str = "accuracy_curves.png"
+    xlabel: str = "classes seen"
+
+    def accuracy_file(self, end: int) -> Path:
+        return self.save_dir / f"{self.prefix}accuracies_min_trained_{self.first}_max_trained_{end}.json"
+
+    def write(self, accuracies: dict, probas: np.ndarray, end: int, positions: list[int]) -> None:
+        atomic_write_text(self.accuracy_file(end), json.dumps(accuracies))
+        atomic_torch_save(torch.from_numpy(probas),
+                          self.save_dir / f"{self.prefix}preds_min_trained_{self.first}_max_trained_{end}.pth")
+        reporting.plot_accuracies({self.run_name: accuracies}, positions, self.save_dir / self.plot_name,
+                                  xlabel=self.xlabel)
+
+
+class StreamMethod(Protocol):
+    """What :func:`run_stream` drives."""
+
+    def completed(self, points: tuple[int, ...]) -> int | None: ...  # latest point with a complete checkpoint
+    def restore(self, point: int) -> dict: ...                         # load it; returns the accuracies so far
+    def begin(self, start: int, end: int) -> None: ...                 # base initialisation on [start, end)
+    def learn(self, start: int, end: int) -> None: ...                 # one segment of the stream
+    def predict(self, end: int) -> tuple[np.ndarray, np.ndarray]: ...  # (probas, labels) on what is seen by end
+    def checkpoint(self, end: int, accuracies: dict) -> None: ...
+
+
+def run_stream(spec: StreamSpec, method: StreamMethod, files: ResultFiles,
+               is_base: Callable[[np.ndarray], np.ndarray], omit_non_base_at_base_init: bool = True,
+               seed_from: Callable[[], tuple[int, dict]] | None = None) -> dict:
+    """Base init (or resume), then every segment; returns the accuracy lists.
+
+    ``seed_from``, called only when the run has no checkpoint of its own, loads another run's state (the
+    original's ``--resume_full_path``) and returns its position and accuracies: the run's own checkpoints win.
+    """
+    done = method.completed(spec.points)
+    if done is not None:
+        accuracies = method.restore(done)
+    elif seed_from is not None:
+        done, accuracies = seed_from()
+    else:
+        print(f"base initialisation on {spec.unit} {spec.start}-{spec.points[0] - 1}", flush=True)
+        method.begin(spec.start, spec.points[0])
+        accuracies = new_accuracies()
+        _evaluate(spec, method, files, is_base, accuracies, spec.points[0], omit_non_base_at_base_init)
+        done = spec.points[0]
+    for start, end in spec.segments(done):
+        print(f"\nlearning {spec.unit} {start}-{end - 1}", flush=True)
+        method.learn(start, end)
+        _evaluate(spec, method, files, is_base, accuracies, end, False)
+    return accuracies
+
+
+def _evaluate(spec, method, files, is_base, accuracies, end: int, omit_non_base: bool) -> None:
+    """Evaluate at ``end``; results first, then the checkpoint, whose presence marks the point done."""
+    probas, labels = method.predict(end)
+    record_accuracies(accuracies, probas, labels, is_base(labels), omit_non_base)
+    files.write(accuracies, probas, end, spec.seen_at(len(accuracies["seen_classes_top1"])))
+    method.checkpoint(end, accuracies)
+
+
+@dataclass(frozen=True)
+class OfflineTraining:
+    """A fresh F trained offline on the whole buffer (``REMINDModel.fit_offline``)."""
+    epochs: int
+    batch_size: int = 256
+    lr: float = 0.1
+
+
+class REMINDStream:
+    """REMIND, fine-tuning (0 replays) or the feature-level offline baseline as a :class:`StreamMethod`.
+
+    Args:
+        model: the image learner.
+        train_loader: ``(start, end) ->`` loader of the training examples of stream positions ``[start, end)``.
+        test_loader: ``end ->`` loader of the test examples of everything seen by position ``end``.
+        model_dir: where ``remind_buffer_<end>.pth`` and ``remind_classifier_F_<end>.pth`` go.
+        identity: settings beyond the model's that a resumed run must share (mode, order, seed, ...).
+        feature_shape: ``(H, W)`` of G's maps at this run's image size (a checkpoint must match it).
+        offline: instead of streaming, store each segment's codes and retrain F (the offline baseline).
+        base_training: train F offline on the base-init codes before streaming (CORe50's new head), then
+            stream with a fresh optimizer.
+    """
+
+    def __init__(self, model: REMINDModel, train_loader, test_loader, model_dir: Path, identity: dict,
+                 feature_shape: tuple[int, int], offline: OfflineTraining | None = None,
+                 base_training: OfflineTraining | None = None):
+        self.model, self.train_loader, self.test_loader = model, train_loader, test_loader
+        self.model_dir, self.identity, self.feature_shape = Path(model_dir), identity, tuple(feature_shape)
+        self.offline, self.base_training = offline, base_training
+
+    def completed(self, points) -> int | None:
+        done = [p for p in points if (self.model_dir / f"remind_buffer_{p}.pth").is_file()]
+        return max(done) if done else None
+
+    def restore(self, point: int, folder: Path | None = None) -> dict:
+        folder = Path(folder or self.model_dir)
+        print(f"resuming from {folder}/remind_buffer_{point}.pth", flush=True)
+        meta = self.model.resume(point, str(folder), self.identity)
+        saved = tuple(self.model.replay_buffer.code_shape[:2])
+        if saved != self.feature_shape:
+            raise CheckpointError(f"{folder} holds codes of {saved[0]}x{saved[1]} feature maps but G gives "
+                                  f"{self.feature_shape[0]}x{self.feature_shape[1]} at this --image_size; use the "
+                                  "run's --image_size or another --save_dir")
+        return meta["accuracies"]
+
+    def _train_offline(self, schedule: OfflineTraining) -> None:
+        loss = self.model.fit_offline(schedule.epochs, schedule.batch_size, schedule.lr)
+        print(f"offline: F trained {schedule.epochs} epochs on {len(self.model.learner)} examples, "
+              f"last-epoch loss {loss:.4f}", flush=True)
+
+    def begin(self, start: int, end: int) -> None:
+        self.model.fit_pq(self.train_loader(start, end))
+        if self.offline is not None:
+            self._train_offline(self.offline)
+        elif self.base_training is not None and self.base_training.epochs:
+            self._train_offline(self.base_training)
+            self.model.reset_optimizer()
+
+    def learn(self, start: int, end: int) -> None:
+        if self.offline is not None:
+            self.model.store_incremental_batch(self.train_loader(start, end))
+            self._train_offline(self.offline)
+        else:
+            loss = self.model.fit_incremental_batch(self.train_loader(start, end))
+            print(f"mean streaming loss {loss:.4f}", flush=True)
+
+    def predict(self, end: int) -> tuple[np.ndarray, np.ndarray]:
+        _, probas, labels = self.model.predict(self.test_loader(end))
+        return probas, labels
+
+    def checkpoint(self, end: int, accuracies: dict) -> None:
+        self.model.save(end, str(self.model_dir), {"accuracies": accuracies}, self.identity)
+
+
+def feature_shape(model: REMINDModel, image_size: int, spatial_feat_dim: int | None = None) -> tuple[int, int]:
+    """``(H, W)`` of G's maps on one blank image (channels checked against the config on the way)."""
+    maps = model._features(torch.zeros(1, 3, image_size, image_size))
+    side = maps.shape[-1]
+    if spatial_feat_dim is not None and spatial_feat_dim != side:
+        raise ValueError(f"G gives {side}x{side} feature maps at --image_size {image_size}, not "
+                         f"--spatial_feat_dim {spatial_feat_dim}; drop the flag or fix --image_size")
+    return tuple(maps.shape[-2:])
