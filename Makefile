@@ -22,7 +22,7 @@ demo-vqa: $(STAMP)
 	$(VENV)/bin/python -m vqa_experiments.vqa_demo --out results/demo-vqa --data data/demo-vqa
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest tests
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_stream.py --json results/bench_$$(date +%Y%m%d).json

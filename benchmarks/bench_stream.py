@@ -21,7 +21,7 @@ maps, PQ with 32 codebooks x 256 codes, 50 replays, mixup alpha 0.1, crops on,
 
 Timings: ``time.perf_counter``, warm-up first, medians; CUDA is synchronised at
 every boundary. ``OMP_WAIT_POLICY`` defaults to PASSIVE, as in the project's run
-scripts (see DESIGN.md, Performance notes).
+scripts (see docs/performance.md).
 
 Usage: ``python benchmarks/bench_stream.py [--device cpu|cuda] [--full] [--json out.json]``
 """
@@ -377,7 +377,7 @@ def bench_buffers(args, device: torch.device) -> tuple[dict, dict, ReplayBuffer]
         ref_labels = rng.integers(0, NUM_CLASSES, n_ref)
         reference = time_inserts(lambda k: ref.update(pool_np[k % 16], int(ref_labels[k]), 30_000_000 + k),
                                  n_ref, torch.device("cpu"))
-        assert len(ref.rehearsal_ixs) == size
+        assert len(ref.replay_order) == size
         evict_result[str(size)] = {
             "ours_us_median": float(np.median(ours)) * 1e6, "ours_us_mean": float(np.mean(ours)) * 1e6,
             "ours_us_p99": float(np.percentile(ours, 99)) * 1e6, "ours_inserts": args.inserts,

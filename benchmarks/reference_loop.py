@@ -36,7 +36,7 @@ numbers:
   positions name the same items as the fast buffer's slots up to the first eviction.
   From then on the two orders part: the fast buffer puts the newcomer in the freed
   slot, while ``list.remove`` closes the gap and shifts every later id.
-- The corrections listed in DESIGN.md: when fewer than ``r`` items are stored, every
+- The corrections listed in docs/fidelity.md: when fewer than ``r`` items are stored, every
   stored item is replayed; a crop is resized back to its map's own size; the
   per-class step learning rate is evaluated in closed form rather than through a
   chain of ``StepLR`` schedulers.
@@ -131,16 +131,6 @@ class ReferenceBuffer:
         self.stored = 0
         self.capacity = max_size
         self.eviction_rng = random.Random(seed)
-
-    @property
-    def rehearsal_ixs(self) -> list[int]:
-        """``replay_order``: name kept for callers."""
-        return self.replay_order
-
-    @property
-    def latent_dict(self) -> dict[int, list]:
-        """``entries``: name kept for callers."""
-        return self.entries
 
     def __len__(self) -> int:
         return len(self.replay_order)
@@ -312,19 +302,19 @@ class ReferenceREMIND:
             return self.start_lr
         return self.start_lr * self.lr_decay ** (self.steps_per_class[y] // self.lr_step_size)
 
-    def replay_step(self, x: np.ndarray, y: int, rng: np.random.Generator | None = None, item_ixs=None,
+    def replay_step(self, x: np.ndarray, y: int, rng: np.random.Generator | None = None, replay_ids=None,
                     crop_boxes: np.ndarray | None = None, lam: float | None = None) -> float:
         """One SGD step on the new example's codes ``x (H, W, M)`` and its replays; returns the loss.
 
         Give either ``rng``, and the draws are made here at the fast path's points, or
-        the ids to replay (``item_ixs``) with ``crop_boxes`` (when cropping) and ``lam``
+        the ids to replay (``replay_ids``) with ``crop_boxes`` (when cropping) and ``lam``
         (when mixing) drawn beforehand.
         """
         y = int(y)
         if rng is not None:
             positions = draw_positions(rng, len(self.buffer.replay_order), self.num_samples, self.use_mixup)
-            item_ixs = [self.buffer.replay_order[p] for p in positions.tolist()]
-        codes, labels = self.gather(x, y, item_ixs)
+            replay_ids = [self.buffer.replay_order[p] for p in positions.tolist()]
+        codes, labels = self.gather(x, y, replay_ids)
         maps = self.decode(codes)
         self._phase_done("sample_decode")
 
@@ -333,7 +323,7 @@ class ReferenceREMIND:
                 crop_boxes = sample_crop_params(rng, maps.shape[0], maps.shape[2], maps.shape[3])
             maps = self._crop_each(maps, crop_boxes)
 
-        if self.use_mixup and len(item_ixs) >= 2:
+        if self.use_mixup and len(replay_ids) >= 2:
             if rng is not None:
                 lam = sample_mixup_lambda(rng, self.mixup_alpha)
             inputs, first_labels, second_labels = self._mixup_batch(maps, labels, y, lam)

@@ -31,7 +31,7 @@ IMAGE_SIZE=${IMAGE_SIZE:-224}
 EXTRA_ARGS=${EXTRA_ARGS:-}                              # more flags, split on spaces (e.g. "--num_workers 0")
 PYTHON=${PYTHON:-python}
 
-# torch's spinning OpenMP threads fight faiss and the loaders for the cores (see DESIGN.md).
+# torch's spinning OpenMP threads fight faiss and the loaders for the cores (see docs/performance.md).
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 export PYTHONUNBUFFERED=1
 

@@ -26,7 +26,7 @@ LABEL_ORDER_DIR=${LABEL_ORDER_DIR:-./imagenet_files/}  # holds imagenet_indices/
 EXTRA_ARGS=${EXTRA_ARGS:-}                              # more flags, split on spaces (e.g. "--num_workers 16")
 PYTHON=${PYTHON:-python}
 
-# torch's spinning OpenMP threads fight faiss and the loaders for the cores (see DESIGN.md).
+# torch's spinning OpenMP threads fight faiss and the loaders for the cores (see docs/performance.md).
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 export PYTHONUNBUFFERED=1
 

@@ -207,9 +207,9 @@ class REMINDStream:
                                   "run's --image_size or another --save_dir")
         return meta["accuracies"]
 
-    def _train_offline(self, schedule: OfflineTraining) -> None:
+    def _train_offline(self, schedule: OfflineTraining, label: str = "offline") -> None:
         loss = self.model.fit_offline(schedule.epochs, schedule.batch_size, schedule.lr)
-        print(f"offline: F trained {schedule.epochs} epochs on {len(self.model.learner)} examples, "
+        print(f"{label}: F trained {schedule.epochs} epochs on {len(self.model.learner)} examples, "
               f"last-epoch loss {loss:.4f}", flush=True)
 
     def begin(self, start: int, end: int) -> None:
@@ -217,7 +217,7 @@ class REMINDStream:
         if self.offline is not None:
             self._train_offline(self.offline)
         elif self.base_training is not None and self.base_training.epochs:
-            self._train_offline(self.base_training)
+            self._train_offline(self.base_training, "base init")
             self.model.reset_optimizer()
 
     def learn(self, start: int, end: int) -> None:

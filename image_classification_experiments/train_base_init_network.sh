@@ -24,7 +24,7 @@ SAVE_DIR=${SAVE_DIR:-resnet_imagenet_ckpts}
 EXTRA_ARGS=${EXTRA_ARGS:-}                              # more flags, split on spaces (e.g. "--workers 16")
 PYTHON=${PYTHON:-python}
 
-# torch's spinning OpenMP threads fight other processes for the cores (see DESIGN.md).
+# torch's spinning OpenMP threads fight other processes for the cores (see docs/performance.md).
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 export PYTHONUNBUFFERED=1
 

@@ -10,14 +10,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def classes_seen(args, accuracies: dict) -> list[int]:
-    """Number of classes seen at each evaluation of ``accuracies['seen_classes_top1']``."""
-    points = [args.base_init_classes]
-    while len(points) < len(accuracies["seen_classes_top1"]):
-        points.append(min(points[-1] + args.class_increment, args.streaming_max_class))
-    return points
-
-
 def format_table(runs: dict[str, dict], classes: list[int], metrics=("seen_classes_top1", "seen_classes_top5")) -> str:
     """Markdown table: one row per evaluation, one column per (run, metric)."""
     header = ["classes"] + [f"{name} {metric.replace('_classes', '').replace('_', ' ')}"

@@ -144,3 +144,24 @@ def test_rng_json_rejects_other_bit_generators(bit_generator):
     rng = np.random.Generator(getattr(np.random, bit_generator)(5))
     with pytest.raises(ValueError, match="default_rng"):
         rng_state_to_json(rng)
+
+
+def test_run_state_identity_and_earlier_formats(tmp_path):
+    from remind.checkpoint import load_run_state, save_run_state, save_state
+
+    path = tmp_path / "run.pth"
+    save_run_state(path, {"learner": {"w": torch.ones(2)}}, {"seed": 0, "mode": "stream", "shape": (2, 2)},
+                   {"position": 5})
+    state, meta = load_run_state(path, {"seed": 0, "mode": "stream", "shape": (2, 2)})
+    assert torch.equal(state["learner"]["w"], torch.ones(2)) and meta["position"] == 5
+    with pytest.raises(CheckpointError, match=r"other settings \(mode: saved 'stream', now 'offline', seed: saved 0, "
+                                              r"now 1\)"):
+        load_run_state(path, {"seed": 1, "mode": "offline", "shape": (2, 2)})
+    old = tmp_path / "remind_buffer_4.pth"  # what this project wrote before the shared learner
+    save_state(old, {"buffer.codes": torch.zeros(1, 2, 2, 4, dtype=torch.uint8)}, {"inc": 4, "settings": {}})
+    with pytest.raises(CheckpointError, match="earlier version of this project"):
+        load_run_state(old, {})
+    legacy_vqa = tmp_path / "checkpoint.pt"
+    torch.save({"model": {}, "meta_json": "{}"}, legacy_vqa)
+    with pytest.raises(CheckpointError, match="earlier version of this project"):
+        load_run_state(legacy_vqa, {})

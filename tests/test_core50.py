@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from image_classification_experiments import core50_experiment as ce
+from image_classification_experiments.stream_run import ACCURACY_KEYS
 from image_classification_experiments.make_core50_tree import write_core50_tree
 from image_classification_experiments.utils_core50 import (ORDERINGS, Core50Frames, core50_transform, load_core50,
                                                            stream_order)
@@ -144,7 +145,7 @@ def test_tiny_run_end_to_end_and_resume(tree, tmp_path, capsys):
     stream = 8 * NUM_OBJECTS  # one frame per video at --frame_stride 4
     result = save_dir / f"core50_class_instance_accuracies_min_trained_0_max_trained_{stream}.json"
     accuracies = json.loads(result.read_text())
-    assert set(accuracies) == set(ce.ACCURACY_KEYS)
+    assert set(accuracies) == set(ACCURACY_KEYS)
     assert len(accuracies["seen_classes_top1"]) == 3  # base init (36 frames), 60, 120
     assert all(0 <= a <= 100 for a in accuracies["seen_classes_top1"])
     assert accuracies["non_base_classes_top1"][0] is None  # no non-base category at base init

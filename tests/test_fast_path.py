@@ -113,11 +113,11 @@ def test_replay_step_matches_reference(ckpt, hw, num_samples, num_stored, use_mi
                                                     model.config.mixup_alpha, True, hw, hw)
         if use_mixup:
             assert len(positions) >= 2 and lam != 1.0
-        item_ixs = [reference.buffer.rehearsal_ixs[p] for p in positions]
+        replay_ids = [reference.buffer.replay_order[p] for p in positions]
 
         before = parameters_before(reference.classifier_F)
         loss_ours = float(model.replay_step(torch.from_numpy(new_codes), label))
-        loss_ref = reference.replay_step(new_codes, label, item_ixs=item_ixs, crop_boxes=boxes, lam=lam)
+        loss_ref = reference.replay_step(new_codes, label, replay_ids=replay_ids, crop_boxes=boxes, lam=lam)
         assert np.isfinite(loss_ours)
         np.testing.assert_allclose(loss_ours, loss_ref, rtol=1e-5)
         assert model.rng.bit_generator.state == rng.bit_generator.state  # same number of draws
@@ -161,7 +161,7 @@ def test_reference_internal_draws_match_explicit_draws(ckpt):
     rng_a, rng_b = np.random.default_rng(7), np.random.default_rng(7)
     x = data.integers(0, K, size=(2, 2, M), dtype=np.uint8)
     positions, boxes, lam = draw_like_fast_path(rng_a, 50, 8, True, 0.5, True, 2, 2)
-    loss_a = reference.replay_step(x, 3, item_ixs=[reference.buffer.rehearsal_ixs[p] for p in positions],
+    loss_a = reference.replay_step(x, 3, replay_ids=[reference.buffer.replay_order[p] for p in positions],
                                    crop_boxes=boxes, lam=lam)
     loss_b = twin.replay_step(x, 3, rng=rng_b)
     assert loss_a == loss_b
@@ -176,7 +176,7 @@ def test_gather_decode_matches_host_faiss_decode(ckpt):
     codes, labels = model.replay_buffer.gather(slots)
     maps = model.pq.decode_maps(codes)
     x = data.integers(0, K, size=(7, 7, M), dtype=np.uint8)
-    ref_codes, ref_labels = reference.gather(x, 0, [reference.buffer.rehearsal_ixs[s] for s in slots])
+    ref_codes, ref_labels = reference.gather(x, 0, [reference.buffer.replay_order[s] for s in slots])
     assert np.array_equal(codes.numpy(), ref_codes[1:])
     assert torch.equal(labels, ref_labels[1:])
     ref_maps = reference.decode(ref_codes)[1:]
@@ -243,6 +243,6 @@ def test_stream_through_G_matches_reference(ckpt, use_mixup):
             change_ref, change_ours = param.detach() - start[name], ours[name].detach() - start[name]
             assert (change_ours - change_ref).norm() <= 0.05 * change_ref.norm() + 1e-7, name
     assert model.rng.bit_generator.state == rng.bit_generator.state
-    assert list(buffer.ids[:buffer.size]) == reference.buffer.rehearsal_ixs
+    assert list(buffer.ids[:buffer.size]) == reference.buffer.replay_order
     assert np.array_equal(buffer.codes[:buffer.size].numpy(),
-                          np.stack([reference.buffer.latent_dict[i][0] for i in reference.buffer.rehearsal_ixs]))
+                          np.stack([reference.buffer.entries[i][0] for i in reference.buffer.replay_order]))

@@ -152,7 +152,7 @@ def test_offline_resume_equals_uninterrupted(offline_run, digits, ckpt, tmp_path
     argv[argv.index("--offline_epochs") + 1] = "0"
     (save_dir / "remind_model" / "remind_buffer_10.pth").unlink()
     assert ie.main(argv) == 2
-    assert "offline run" in capsys.readouterr().err
+    assert "mode: saved 'offline', now 'stream'" in capsys.readouterr().err
 
 
 def test_offline_rejects_a_buffer_limit(digits, ckpt, tmp_path, capsys):
