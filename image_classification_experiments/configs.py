@@ -89,7 +89,8 @@ def preset_defaults(name: str) -> dict:
     if name not in PRESETS:
         raise ValueError(f"unknown --preset {name!r}; known: {', '.join(sorted(PRESETS))}")
     values = dataclasses.asdict(PRESETS[name])
-    return {FLAGS[field]: (str(v) if field == "lr_examples_per_class" else v) for field, v in values.items()}
+    return {FLAGS[field]: (str(v) if field == "lr_examples_per_class" else v) for field, v in values.items()
+            if field in FLAGS}  # grad_clip has no flag
 
 
 def config_from_args(args, **resolved) -> REMINDConfig:

@@ -133,3 +133,17 @@ def test_experiments_do_not_reach_into_the_buffer():
                 if pattern.search(line):
                     offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_presets_fill_the_flags_and_explicit_flags_win():
+    from image_classification_experiments import imagenet_experiment as ie
+    from image_classification_experiments.configs import PRESETS, config_from_args
+
+    base = ["--images_dir", "x", "--label_dir", "x", "--classifier_ckpt", "x.pth"]
+    args = ie.parse_args(ie.get_args_parser(), base + ["--preset", "imagenet_paper"])
+    config = config_from_args(args, lr_examples_per_class=1300)
+    assert config == PRESETS["imagenet_paper"]
+    assert (config.max_buffer_size, config.use_mixup, config.use_random_resized_crops) == (959_665, True, True)
+    args = ie.parse_args(ie.get_args_parser(), base + ["--preset", "digits_demo", "--rehearsal_samples", "7"])
+    assert (args.num_classes, args.rehearsal_samples, args.lr_examples_per_class, args.use_mixup) == (10, 7, "auto",
+                                                                                                     True)
