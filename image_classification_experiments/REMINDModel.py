@@ -25,7 +25,7 @@ from image_classification_experiments.configs import REMINDConfig
 from image_classification_experiments.resnet_models import build_plastic, build_trunk
 from remind.augment import mixup, random_resized_crop, sample_mixup_lambda
 from remind.buffer import ReplayBuffer
-from remind.checkpoint import CheckpointError, atomic_torch_save, load_run_state, save_run_state
+from remind.checkpoint import CheckpointError, atomic_torch_save, load_run_state, safe_load, save_run_state
 from remind.cli import default_device
 from remind.learner import ReplayBatch, StreamingLearner
 from remind.lr import step_lr_gamma
@@ -299,4 +299,14 @@ class REMINDModel:
             raise CheckpointError(f"{path} does not fit {self.config.classifier_F}: "
                                   f"{str(exc).splitlines()[0][:200]}") from None
         self.class_steps = state["class_steps"].numpy().astype(np.int64).copy()
+        self._rewrite_unreadable_f(Path(resume_full_path) / f"remind_classifier_F_{inc}.pth")
         return meta
+
+    def _rewrite_unreadable_f(self, path: Path) -> None:
+        """F's file of a resumed increment is a copy of what the run state holds: re-create it if damaged."""
+        try:
+            safe_load(path, "REMIND classifier checkpoint")
+        except CheckpointError as exc:
+            print(f"{exc}; re-writing it from the run state", flush=True)
+            atomic_torch_save({"model_state_dict": self.classifier_F.state_dict(),
+                               "optimizer_state_dict": self.optimizer.state_dict()}, path)
