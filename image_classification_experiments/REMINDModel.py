@@ -64,6 +64,7 @@ class REMINDModel:
         self.classifier_G = build_trunk(config.classifier_G, classifier_ckpt, config.extract_features_from,
                                         config.num_classes).to(self.device)
         self.classifier_F = build_plastic(config.classifier_F, classifier_ckpt, config.num_classes).to(self.device)
+        self.learner: StreamingLearner | None = None  # created by fit_pq, resume or start_from
         self.reset_optimizer()
         self.criterion = nn.CrossEntropyLoss(reduction="none")
         per_class = np.broadcast_to(np.asarray(config.lr_examples_per_class, dtype=np.float64), (self.num_classes,))
@@ -71,7 +72,6 @@ class REMINDModel:
                                   for n in per_class])
         self.class_steps = np.zeros(self.num_classes, dtype=np.int64)  # SGD steps spent on each class
         self._first_rng = np.random.default_rng(config.seed)  # handed to the learner when it is created
-        self.learner: StreamingLearner | None = None
 
     # ----------------------------------------------------------------- parts
     @property
@@ -219,8 +219,8 @@ class REMINDModel:
         # Fused SGD: same update, about half the time of the default on this CPU.
         self.optimizer = torch.optim.SGD(self.classifier_F.parameters(), lr=self.config.start_lr, momentum=0.9,
                                          weight_decay=self.config.weight_decay, fused=True)
-        if getattr(self, "learner", None) is not None:
-            self.learner.plastic_net, self.learner.optimizer = self.classifier_F, self.optimizer
+        if self.learner is not None:
+            self.learner.set_plastic(self.classifier_F, self.optimizer)
 
     def fit_offline(self, epochs: int, batch_size: int = 256, lr: float = 0.1, verbose: bool = True) -> float:
         """Offline upper bound: a fresh F (from the base-init checkpoint) trained on the whole buffer.
@@ -235,7 +235,7 @@ class REMINDModel:
         self.optimizer = torch.optim.SGD(self.classifier_F.parameters(), lr=lr, momentum=0.9,
                                          weight_decay=self.config.weight_decay, fused=True)
         learner = self.learner
-        learner.plastic_net, learner.optimizer = self.classifier_F, self.optimizer
+        learner.set_plastic(self.classifier_F, self.optimizer)
         self.classifier_F.train()
         size = len(learner)
         total_steps, step, loss = epochs * math.ceil(size / batch_size), 0, 0.0

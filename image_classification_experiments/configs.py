@@ -51,14 +51,6 @@ class REMINDConfig:
         if self.pq_backend not in ("torch", "faiss"):
             raise ValueError(f"unknown --pq_backend {self.pq_backend!r}; use torch or faiss")
 
-    def settings(self) -> dict:
-        """JSON-ready fields (what a checkpoint records as the run's method)."""
-        return json_ready(dataclasses.asdict(self))
-
-
-def json_ready(values: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-
 
 # Config field -> flag (argparse dest) of imagenet_experiment / core50_experiment, the original's names.
 FLAGS = {

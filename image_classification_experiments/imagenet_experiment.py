@@ -155,8 +155,6 @@ def stream_spec(args) -> StreamSpec:
 def validate_args(args, spec: StreamSpec):
     """Every check that can fail before anything is written; returns the learner's config."""
     check_pq_shape(args.num_channels, args.num_codebooks, args.codebook_size)
-    if args.rehearsal_samples < 0:
-        raise DataError("--rehearsal_samples must be non-negative")
     if args.offline_epochs < 0 or args.offline_batch_size <= 0 or args.offline_lr <= 0:
         raise DataError("--offline_epochs must be non-negative, --offline_batch_size and --offline_lr positive")
     if args.offline_epochs and args.max_buffer_size is not None:

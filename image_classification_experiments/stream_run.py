@@ -57,8 +57,7 @@ class StreamSpec:
         # the points before ``first`` (a run resumed there has evaluated them) and from it on
         earlier = [c for c in range(base_init_classes, first, class_increment)]
         later = [min(c + class_increment, max_class) for c in range(first, max_class, class_increment)]
-        return cls(tuple(sorted({base_init_classes, *earlier, first, *later} - {p for p in later if p > max_class})),
-                   min_class, "classes")
+        return cls(tuple(sorted({base_init_classes, *earlier, first, *later})), min_class, "classes")
 
     def segments(self, done: int) -> list[tuple[int, int]]:
         """``(start, end)`` of each segment still to learn after position ``done``."""

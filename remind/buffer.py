@@ -38,12 +38,13 @@ class SharedCodes:
 
     Args:
         codes: ``(num_images, H, W, M)`` uint8, on the buffer's device.
-        image_of: ``(num_examples,)`` integer image row of every example id (VQA: question row -> image row).
+        image_of: ``(num_examples,)`` integer image row of every example id (VQA: question row -> image row),
+            an array or a tensor (an int64 tensor already on the codes' device is used as it is, not copied).
     """
 
-    def __init__(self, codes: torch.Tensor, image_of: np.ndarray):
+    def __init__(self, codes: torch.Tensor, image_of):
         self.codes = codes
-        self.image_of = torch.from_numpy(np.asarray(image_of, dtype=np.int64)).to(codes.device)
+        self.image_of = torch.as_tensor(image_of, dtype=torch.int64).to(codes.device)
 
     @property
     def code_shape(self) -> tuple[int, ...]:
@@ -198,10 +199,10 @@ class ReplayBuffer:
 
     def gather(self, slots: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Codes ``(n, H, W, M)`` uint8 and labels ``(n,)`` int64, both on the buffer's device."""
-        index = torch.from_numpy(np.asarray(slots, dtype=np.int64)).to(self.device)
         labels = torch.from_numpy(self.labels[slots].astype(np.int64)).to(self.device)
         if self.shared_codes is not None:
             return self.shared_codes.lookup(torch.from_numpy(self.ids[slots].astype(np.int64)).to(self.device)), labels
+        index = torch.from_numpy(np.asarray(slots, dtype=np.int64)).to(self.device)
         # index_select on the 2-D view is ~100x faster on CPU than on the 4-D tensor.
         rows = self.codes.view(len(self.codes), int(np.prod(self.code_shape))).index_select(0, index)
         return rows.view(len(index), *self.code_shape), labels

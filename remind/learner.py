@@ -88,6 +88,10 @@ class StreamingLearner:
         self.insert_first, self.replacement = insert_first, replacement
         self.grad_clip, self.contiguous_maps, self.after_update = grad_clip, contiguous_maps, after_update
 
+    def set_plastic(self, plastic_net: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Train another network (a fresh F for the offline baseline) or with a fresh optimizer from now on."""
+        self.plastic_net, self.optimizer = plastic_net, optimizer
+
     # ------------------------------------------------------------------ storage
     def __len__(self) -> int:
         return 0 if self.buffer is None else len(self.buffer)

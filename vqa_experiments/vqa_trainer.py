@@ -124,25 +124,26 @@ class VQAData:
 
     def shared_codes(self) -> SharedCodes:
         """The image codes, held once, and the image of every training question: what the buffer refers to."""
-        return SharedCodes(self.codes, self.train_image)
+        return SharedCodes(self.codes, self.tables["train"]["image"])  # the device copy the tables hold
 
     def image_codes(self, row: int) -> torch.Tensor:
         """``(H, W, M)`` codes of training question ``row``'s image, on the device."""
         return self.codes[int(self.train_image[row])]
 
-    def inputs(self, split: str, rows, maps: torch.Tensor):
-        """(tokens, maps, qlen, answers) of table rows whose decoded maps ``(B, C, H, W)`` are given."""
+    def question_inputs(self, split: str, rows, maps: torch.Tensor):
+        """(tokens, maps, qlen) of table rows whose decoded maps ``(B, C, H, W)`` are given (maps normalised)."""
         table = self.tables[split]
         index = torch.as_tensor(np.asarray(rows, dtype=np.int64))
-        dev_index = index.to(self.device)
-        return (table["tokens"].index_select(0, dev_index), self.normalise(maps),
-                table["qlen"].index_select(0, index), table["answers"].index_select(0, dev_index))
+        return (table["tokens"].index_select(0, index.to(self.device)), self.normalise(maps),
+                table["qlen"].index_select(0, index))
 
     def batch(self, split: str, rows):
         """(tokens, maps, qlen, answers) of table rows, maps decoded from their images' codes."""
+        table = self.tables[split]
         index = torch.as_tensor(np.asarray(rows, dtype=np.int64)).to(self.device)
-        codes = self.codes.index_select(0, self.tables[split]["image"].index_select(0, index))
-        return self.inputs(split, rows, self.codec.decode_maps(codes))
+        codes = self.codes.index_select(0, table["image"].index_select(0, index))
+        return (*self.question_inputs(split, rows, self.codec.decode_maps(codes)),
+                table["answers"].index_select(0, index))
 
 
 # -------------------------------------------------------------------- the model
@@ -176,8 +177,7 @@ class VQAModel:
 
     def replay_loss(self, batch: ReplayBatch) -> torch.Tensor:
         """The learner's batch builder: tokens and lengths of the batch's question rows, answers = labels."""
-        tokens, maps, qlen, _ = self.data.inputs("train", batch.ids, batch.maps)
-        return self.loss(tokens, maps, qlen, batch.labels)
+        return self.loss(*self.data.question_inputs("train", batch.ids, batch.maps), batch.labels)
 
     @torch.no_grad()
     def update_average(self) -> None:
