@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -53,7 +54,9 @@ def safe_load(path: str | os.PathLike, what: str = "checkpoint", map_location="c
         raise CheckpointError(f"{what} not found: {path}; check the path")
     try:
         # mmap: tensors are read on first touch, not all up front (a 1.5 GB buffer loads ~4x faster).
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+        # Only the zip format (PyTorch >= 1.6) can be memory-mapped; files of older releases, such as the
+        # original's PyTorch 1.3.1 checkpoints, use the legacy format and are read whole, still without pickle.
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as exc:  # truncated zip, random bytes, pickled objects...
         # torch's message may suggest loading with pickle; we never do, so keep only its first line.
         first_line = (str(exc).splitlines() or [""])[0][:200]

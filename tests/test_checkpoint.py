@@ -1,6 +1,7 @@
 """Checkpoint I/O: round trip, atomic writes, clear errors on damaged or foreign files, RNG state."""
 import json
 import os
+import zipfile
 
 import numpy as np
 import pytest
@@ -114,6 +115,22 @@ def test_pickled_object_is_refused(tmp_path):
     torch.save(Custom(), path)
     with pytest.raises(CheckpointError):
         safe_load(path)
+
+
+def test_legacy_format_loads_without_pickle(tmp_path):
+    """PyTorch 1.3.1 (the original's) wrote the legacy, non-zip format; it cannot be memory-mapped but loads."""
+    path = tmp_path / "legacy.pth"
+    ckpt = {"epoch": 40, "arch": "ResNet18ClassifyAfterLayer4_1", "best_acc1": torch.tensor(71.5),
+            "state_dict": {"module.fc.weight": torch.arange(6.0).reshape(3, 2)},
+            "optimizer": {"state": {0: {"momentum_buffer": torch.ones(2)}}, "param_groups": [{"lr": 0.1}]}}
+    torch.save(ckpt, path, _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(path)
+    loaded = safe_load(path)
+    assert loaded["epoch"] == 40 and torch.equal(loaded["state_dict"]["module.fc.weight"],
+                                                 ckpt["state_dict"]["module.fc.weight"])
+    torch.save({"state_dict": {}, "obj": Custom()}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match="weights-only"):
+        safe_load(path)  # still no pickle in the legacy format
 
 
 def test_rng_json_round_trip_gives_same_future_draws():
