@@ -33,8 +33,10 @@ from image_classification_experiments.configs import PRESETS, config_from_args, 
 from image_classification_experiments.REMINDModel import REMINDModel
 from image_classification_experiments.stream_run import (ACCURACY_KEYS, OfflineTraining, REMINDStream, ResultFiles,
                                                          StreamSpec, feature_shape, run_stream)
-from image_classification_experiments.utils_imagenet import (DataError, check_class_range, default_num_workers,
-                                                             examples_per_class, get_data_loader, load_labels)
+from image_classification_experiments.resnet_models import check_classifier_rows
+from image_classification_experiments.utils_imagenet import (DataError, check_class_range, class_names_by_position,
+                                                             default_num_workers, examples_per_class, get_data_loader,
+                                                             load_labels)
 from remind import reporting
 from remind.checkpoint import CheckpointError
 from remind.cli import default_device, run_main
@@ -175,6 +177,15 @@ def validate_args(args, spec: StreamSpec):
     return config_from_args(args, lr_examples_per_class=lr_examples)
 
 
+def check_checkpoint_rows(args) -> None:
+    """Refuse a checkpoint whose classifier rows name other classes than the label files; warn when it names
+    none (after every other check, so that an input error stays one line)."""
+    warning = check_classifier_rows(args.classifier_ckpt,
+                                    class_names_by_position(args.images_dir, args.label_dir, args.num_classes))
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+
+
 def run_mode(args) -> str:
     return "offline" if args.offline_epochs else "stream"
 
@@ -221,6 +232,7 @@ def main(argv=None) -> int:
         # reads the checkpoint: fails here, before writing, if it is bad
         model = REMINDModel(classifier_ckpt=args.classifier_ckpt, device=args.device, config=config)
         feature_shape(model, args.image_size, args.spatial_feat_dim)
+        check_checkpoint_rows(args)
         save_dir.mkdir(parents=True, exist_ok=True)
         print(f"git commit {reporting.git_commit()}; arguments:\n" + json.dumps(vars(args), indent=2, sort_keys=True))
         streaming(args, model, spec, save_dir)

@@ -207,8 +207,40 @@ def load_network_state(path: str) -> tuple[dict[str, torch.Tensor], dict]:
         raise CheckpointError(f"{path} holds no 'state_dict'; pass a checkpoint written by "
                               "train_base_init_network_from_scratch.py")
     state = without_module_prefix(state)
-    extras = {k: v for k, v in obj.items() if k in ("arch", "num_classes")} if isinstance(obj, dict) else {}
+    extras = {k: v for k, v in obj.items() if k in ("arch", "num_classes", "row_order", "class_names")} \
+        if isinstance(obj, dict) else {}
     return state, extras
+
+
+# A checkpoint's ``row_order`` when row k of its classifier is the class at position k of the class order and
+# ``class_names`` lists those classes (train_base_init_network_from_scratch and convert_released_checkpoint
+# write both). The original trained on ImageFolder's alphabetical targets instead, and recorded neither.
+ROW_ORDER = "class_order"
+CONVERT_HINT = ("python -m image_classification_experiments.convert_released_checkpoint --ckpt CKPT --out NEW.pth "
+                "--class_order_text_file ORDER.txt")
+
+
+def check_classifier_rows(path: str, run_names: list[str | None]) -> str | None:
+    """Compare the classes of a checkpoint's classifier rows with this run's labels.
+
+    ``run_names[k]`` is the class folder this run labels ``k`` (None if unknown). Raises when the
+    checkpoint records other classes for the same rows; returns a warning when it records nothing (its
+    rows may follow another order, e.g. the original release's alphabetical one); None when they agree.
+    """
+    _, extras = load_network_state(path)
+    names = extras.get("class_names")
+    if extras.get("row_order") != ROW_ORDER or not isinstance(names, (list, tuple)):
+        return (f"warning: {path} does not record which class each classifier row is; if it was trained on "
+                "ImageFolder's alphabetical targets (the original release best_ResNet18ClassifyAfterLayer4_1_100"
+                f".pth is) its base-init accuracy will be at chance: convert it first with {CONVERT_HINT}")
+    wrong = [k for k, name in enumerate(run_names)
+             if name is not None and k < len(names) and names[k] is not None and names[k] != name]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"{path} has class {names[k]!r} in classifier row {k}, but this run's label files "
+                              f"give label {k} to {run_names[k]!r} ({len(wrong)} rows differ); use the label files "
+                              "it was trained with, or a checkpoint trained or converted for this class order")
+    return None
 
 
 def copy_matching_state(target: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str) -> None:

@@ -18,7 +18,9 @@ all processes.
 Checkpoints (``SAVE_DIR/CKPT_FILE`` after every epoch, ``SAVE_DIR/best_CKPT_FILE``
 when validation top-1 improves) are weights-only dicts: ``state_dict`` (keys
 ``model.*``), ``arch``, ``num_classes``, ``image_size``, ``epoch`` (epochs done),
-``best_acc1`` and ``optimizer``.
+``best_acc1``, ``optimizer``, and ``row_order`` / ``class_names``: row k of ``fc`` is the class folder
+``class_names[k]``, the class at position k of the class order (the label files' value), so REMIND can
+check that a checkpoint fits its label files.
 """
 from __future__ import annotations
 
@@ -39,10 +41,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from image_classification_experiments.resnet_models import (FULL_NETWORKS, build_full_network, copy_matching_state,
-                                                             without_module_prefix)
-from image_classification_experiments.utils_imagenet import (DataError, default_num_workers, eval_transform,
-                                                             get_data_loader, load_labels, train_transform)
+from image_classification_experiments.resnet_models import (FULL_NETWORKS, ROW_ORDER, build_full_network,
+                                                             copy_matching_state, without_module_prefix)
+from image_classification_experiments.utils_imagenet import (DataError, class_names_by_position,
+                                                             default_num_workers, eval_transform, get_data_loader,
+                                                             load_labels, train_transform)
 from remind.checkpoint import CheckpointError, atomic_torch_save, safe_load
 from remind.cli import default_device
 from remind.metrics import topk_accuracy
@@ -221,6 +224,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     train_loader: DataLoader
     val_loader: DataLoader
+    class_names: list            # the class folder of each classifier row (None: no images)
     start_epoch: int = 0
     best_acc1: float = 0.0
 
@@ -234,9 +238,9 @@ def _seed_worker(worker_id: int, rank: int) -> None:
 def build_loaders(args, procs: Processes, device: torch.device) -> tuple[DataLoader, DataLoader]:
     """Train loader (seeded shuffle per epoch via DistributedSampler) and val loader (a shard per rank)."""
     per_process_batch = args.batch_size // procs.world_size
-    # Labels are the label files' positions in the class order. (The original trained
-    # on ImageFolder's alphabetical targets here, which disagree with the class order
-    # that REMIND streams and evaluates in: a bug.)
+    # Labels are the label files' positions in the class order, as everywhere in this project. (The
+    # original trained on ImageFolder's alphabetical targets; its released checkpoint's rows are in that
+    # order, which convert_released_checkpoint.py maps to the class order.)
     train_set = get_data_loader(args.data, args.labels_dir, "train", 0, args.base_max_class,
                                 image_size=args.image_size, num_workers=0,
                                 transform=train_transform(args.image_size, args.crop_scale_min,
@@ -268,7 +272,8 @@ def prepare(args, procs: Processes) -> Run:
     network = build_full_network(args.arch, args.num_classes).to(device)
     optimizer = torch.optim.SGD(network.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
-    run = Run(device, network, optimizer, train_loader, val_loader)
+    class_names = class_names_by_position(args.data, args.labels_dir, args.num_classes)
+    run = Run(device, network, optimizer, train_loader, val_loader, class_names)
     if args.resume:
         run.start_epoch, run.best_acc1 = load_resume(args.resume, args, network, optimizer)
     return run
@@ -366,6 +371,8 @@ def save_checkpoints(run: Run, args, epochs_done: int, is_best: bool) -> None:
         "epoch": epochs_done,
         "best_acc1": float(run.best_acc1),
         "optimizer": _to_cpu(run.optimizer.state_dict()),
+        "row_order": ROW_ORDER,
+        "class_names": run.class_names,
     }
     atomic_torch_save(ckpt, Path(args.save_dir) / args.ckpt_file)
     if is_best:

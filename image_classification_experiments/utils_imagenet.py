@@ -90,6 +90,29 @@ def load_labels(images_dir: str, label_dir: str, split: str, dataset_name: str =
     return labels.astype(np.int64)
 
 
+def class_names_by_position(images_dir: str, label_dir: str, num_classes: int, split: str = "train",
+                            dataset_name: str = "imagenet") -> list[str | None]:
+    """The class folder that each label (position in the class order) stands for, from a split's images.
+
+    ``None`` where no image has that label. Raises if the label files give one folder two labels or one
+    label to two folders (they were made for another tree or by hand).
+    """
+    samples, classes = _scan_folder(os.path.join(images_dir, split))
+    labels = load_labels(images_dir, label_dir, split, dataset_name)
+    targets = np.array([t for _, t in samples], dtype=np.int64)
+    names: list[str | None] = [None] * num_classes
+    pairs = np.unique(np.stack([labels, targets], axis=1), axis=0) if len(labels) else np.empty((0, 2), np.int64)
+    for label, target in pairs:
+        if not 0 <= label < num_classes:
+            continue
+        if names[label] is not None or int(np.sum(pairs[:, 1] == target)) > 1:
+            raise DataError(f"label files under {label_dir} give a class two labels or two class folders one "
+                            f"label (label {label}, folder {classes[target]}); re-create them with "
+                            "make_numpy_imagenet_label_files.py")
+        names[label] = classes[target]
+    return names
+
+
 def check_class_range(labels: np.ndarray, min_class: int, max_class: int, what: str) -> None:
     """Raise if ``[min_class, max_class)`` is empty or reaches past the labelled classes."""
     num_labelled = int(labels.max()) + 1 if len(labels) else 0

@@ -24,9 +24,10 @@ import image_classification_experiments.REMINDModel as remind_module
 from image_classification_experiments import imagenet_experiment as ie
 from image_classification_experiments.make_digits_imagefolder import write_digits
 from image_classification_experiments.REMINDModel import REMINDModel
-from image_classification_experiments.resnet_models import (ResNet18ClassifyAfterLayer4_0,
+from image_classification_experiments.resnet_models import (ROW_ORDER, ResNet18ClassifyAfterLayer4_0,
                                                              ResNet18ClassifyAfterLayer4_1)
-from image_classification_experiments.utils_imagenet import examples_per_class, get_data_loader
+from image_classification_experiments.utils_imagenet import (class_names_by_position, examples_per_class,
+                                                             get_data_loader)
 from remind.checkpoint import load_state
 from remind.pq import PQCodec
 from helpers import assert_nested_equal, randomise
@@ -41,10 +42,14 @@ KEYS = ("base_classes_top1", "non_base_classes_top1", "seen_classes_top1",
 
 
 # ------------------------------------------------------------------ helpers
-def _save_net(network: nn.Module, path: Path, arch: str | None) -> Path:
+def _save_net(network: nn.Module, path: Path, arch: str | None, class_names: list | None = None) -> Path:
+    """A checkpoint as train_base_init_network_from_scratch writes it (rows in class order) when
+    ``class_names`` is given, else one that does not say (the run warns)."""
     obj = {"state_dict": network.state_dict()}
     if arch is not None:
         obj["arch"] = arch
+    if class_names is not None:
+        obj.update(row_order=ROW_ORDER, class_names=class_names)
     torch.save(obj, path)
     return path
 
@@ -108,10 +113,11 @@ def digits(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ckpts(tmp_path_factory) -> Path:
+def ckpts(digits, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("ckpts_ie")
     torch.manual_seed(0)
-    _save_net(randomise(ResNet18ClassifyAfterLayer4_1(num_classes=NUM_CLASSES), 1), folder / "base.pth", ARCH)
+    _save_net(randomise(ResNet18ClassifyAfterLayer4_1(num_classes=NUM_CLASSES), 1), folder / "base.pth", ARCH,
+              class_names_by_position(str(digits), str(digits), NUM_CLASSES))
     return folder
 
 

@@ -15,7 +15,7 @@ import torch.distributed
 
 from image_classification_experiments import train_base_init_network_from_scratch as base_init
 from image_classification_experiments.make_digits_imagefolder import write_digits
-from image_classification_experiments.resnet_models import build_full_network, load_network_state
+from image_classification_experiments.resnet_models import ROW_ORDER, build_full_network, load_network_state
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CKPT = "net.pth"
@@ -41,7 +41,7 @@ def trained(digits, tmp_path_factory) -> Path:
     return save_dir
 
 
-def test_checkpoints_load_weights_only(trained):
+def test_checkpoints_load_weights_only(trained, digits):
     for name in (CKPT, f"best_{CKPT}"):
         ckpt = torch.load(trained / name, weights_only=True)
         assert ckpt["arch"] == "ResNet18ClassifyAfterLayer4_1"
@@ -52,7 +52,10 @@ def test_checkpoints_load_weights_only(trained):
         assert ckpt["optimizer"]["state"], "SGD momentum buffers must be saved"
     assert torch.load(trained / CKPT, weights_only=True)["epoch"] == 2
     state, extras = load_network_state(str(trained / CKPT))
-    assert extras == {"arch": "ResNet18ClassifyAfterLayer4_1", "num_classes": 10}
+    assert extras["arch"] == "ResNet18ClassifyAfterLayer4_1" and extras["num_classes"] == 10
+    # row k of fc is the class at position k of the order file (the label files' value k)
+    assert extras["row_order"] == ROW_ORDER
+    assert extras["class_names"] == (digits / "class_order.txt").read_text().split()
     build_full_network("ResNet18ClassifyAfterLayer4_1", 10).load_state_dict(state, strict=True)
     assert sorted(p.name for p in trained.iterdir()) == sorted([CKPT, f"best_{CKPT}"])
 
