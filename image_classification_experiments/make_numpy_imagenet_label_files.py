@@ -37,7 +37,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 def read_class_order(path: str) -> list[str]:
     if not Path(path).is_file():
         raise DataError(f"class order file {path} not found; pass --class_order_text_file")
-    names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"class order file {path} is not text; list one class folder name per line") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise DataError(f"class order file {path} is empty; list one class folder name per line")
     if len(set(names)) != len(names):
@@ -53,6 +57,12 @@ def ordered_labels(folder: str, order: list[str]) -> np.ndarray:
     if unknown:
         raise DataError(f"{folder} has class folders missing from the class order file "
                         f"(e.g. {unknown[0]!r}, {len(unknown)} in all); add them to the order file")
+    present = set(classes)
+    absent = [name for name in order if name not in present]
+    if absent:
+        # positions without images would leave holes in the base init and in every increment
+        raise DataError(f"the class order file names classes with no folder in {folder} (e.g. {absent[0]!r}, "
+                        f"{len(absent)} in all); remove them from the order file or add their images")
     class_to_position = np.array([position[c] for c in classes], dtype=np.int64)
     return class_to_position[np.array([target for _, target in samples], dtype=np.int64)]
 
@@ -74,7 +84,10 @@ def make_label_files(data: str, class_order_file: str, labels_dir: str) -> dict[
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
-    return run_main(lambda: make_label_files(args.data, args.class_order_text_file, args.labels_dir))
+
+    def body():
+        make_label_files(args.data, args.class_order_text_file, args.labels_dir)
+    return run_main(body)
 
 
 if __name__ == "__main__":

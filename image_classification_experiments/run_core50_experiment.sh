@@ -30,6 +30,7 @@ NUM_CODEBOOKS=${NUM_CODEBOOKS:-32}
 IMAGE_SIZE=${IMAGE_SIZE:-224}
 EXTRA_ARGS=${EXTRA_ARGS:-}                              # more flags, split on spaces (e.g. "--num_workers 0")
 PYTHON=${PYTHON:-python}
+LOG_DIR=${LOG_DIR:-logs}                                # a copy of the output goes to LOG_DIR/<name>.log
 
 # torch's spinning OpenMP threads fight faiss and the loaders for the cores (see docs/performance.md).
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
@@ -61,13 +62,13 @@ if [[ -n "${MAX_BUFFER_SIZE}" ]]; then common+=(--max_buffer_size "${MAX_BUFFER_
 if [[ -n "${DEVICE}" ]]; then common+=(--device "${DEVICE}"); fi
 read -r -a extra_args <<< "${EXTRA_ARGS}"
 
-mkdir -p logs
+mkdir -p "${LOG_DIR}"
 for order in ${ORDERS}; do
   for seed in ${SEEDS}; do
     name="${EXPT_NAME}_${order}_seed${seed}"
     "${PYTHON}" -m image_classification_experiments.core50_experiment "${common[@]}" \
       --order "${order}" --permutation_seed "${seed}" --expt_name "${name}" \
       --save_dir "${RESULTS_DIR}/${name}" ${extra_args[@]+"${extra_args[@]}"} \
-      2>&1 | tee "logs/${name}.log"
+      2>&1 | tee "${LOG_DIR}/${name}.log"
   done
 done

@@ -22,15 +22,26 @@ NUM_CLASSES=${NUM_CLASSES:-1000}
 IMAGE_SIZE=${IMAGE_SIZE:-224}
 LR_EXAMPLES_PER_CLASS=${LR_EXAMPLES_PER_CLASS:-1300}    # the original's constant; 'auto' counts per class
 BASE_INIT_CKPT=${BASE_INIT_CKPT:-./resnet_imagenet_ckpts/best_ResNet18ClassifyAfterLayer4_1_100.pth}
-LABEL_ORDER_DIR=${LABEL_ORDER_DIR:-./imagenet_files/}  # holds imagenet_indices/imagenet_{train,val}_labels.npy
+LABEL_ORDER_DIR=${LABEL_ORDER_DIR:-./imagenet_files/}  # holds imagenet_indices/imagenet_{train,val}_labels.npy (made when missing)
+CLASS_ORDER=${CLASS_ORDER:-./image_classification_experiments/imagenet_files/imagenet_class_order.txt}  # the paper's order
 EXTRA_ARGS=${EXTRA_ARGS:-}                              # more flags, split on spaces (e.g. "--num_workers 16")
 PYTHON=${PYTHON:-python}
+LOG_DIR=${LOG_DIR:-logs}                                # a copy of the output goes to LOG_DIR/<name>.log
 
 # torch's spinning OpenMP threads fight faiss and the loaders for the cores (see docs/performance.md).
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 export PYTHONUNBUFFERED=1
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# The label files (each image's position in CLASS_ORDER) are written from the images when missing.
+labels_dir="${LABEL_ORDER_DIR%/}/imagenet_indices"
+if [[ ! -f "${labels_dir}/imagenet_train_labels.npy" && ! -f "${LABEL_ORDER_DIR%/}/imagenet_train_labels.npy" ]] ||
+   [[ ! -f "${labels_dir}/imagenet_val_labels.npy" && ! -f "${LABEL_ORDER_DIR%/}/imagenet_val_labels.npy" ]]; then
+  echo "label files missing under ${LABEL_ORDER_DIR}: writing them from ${IMAGE_DIR} and ${CLASS_ORDER}"
+  "${PYTHON}" -m image_classification_experiments.make_numpy_imagenet_label_files \
+    --data "${IMAGE_DIR}" --class_order_text_file "${CLASS_ORDER}" --labels_dir "${labels_dir}"
+fi
 
 args=(
   --images_dir "${IMAGE_DIR}"
@@ -64,7 +75,7 @@ if [[ -n "${DEVICE}" ]]; then
 fi
 read -r -a extra_args <<< "${EXTRA_ARGS}"
 
-mkdir -p logs
+mkdir -p "${LOG_DIR}"
 "${PYTHON}" -m image_classification_experiments.imagenet_experiment \
   "${args[@]}" ${extra_args[@]+"${extra_args[@]}"} \
-  2>&1 | tee "logs/${EXPT_NAME}.log"
+  2>&1 | tee "${LOG_DIR}/${EXPT_NAME}.log"

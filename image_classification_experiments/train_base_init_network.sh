@@ -13,7 +13,8 @@ set -euo pipefail
 IMAGENET_DIR=${IMAGENET_DIR:-./data/ImageNet2012}       # holds train/ and val/ class folders
 BASE_MAX_CLASS=${BASE_MAX_CLASS:-100}                   # train on classes [0, BASE_MAX_CLASS)
 MODEL=${MODEL:-ResNet18ClassifyAfterLayer4_1}
-LABEL_ORDER_DIR=${LABEL_ORDER_DIR:-./imagenet_files/}  # holds imagenet_indices/imagenet_{train,val}_labels.npy
+LABEL_ORDER_DIR=${LABEL_ORDER_DIR:-./imagenet_files/}  # holds imagenet_indices/imagenet_{train,val}_labels.npy (made when missing)
+CLASS_ORDER=${CLASS_ORDER:-./image_classification_experiments/imagenet_files/imagenet_class_order.txt}  # the paper's order
 NUM_CLASSES=${NUM_CLASSES:-1000}                        # outputs of fc
 EPOCHS=${EPOCHS:-40}
 BATCH_SIZE=${BATCH_SIZE:-256}                           # total over all processes
@@ -23,12 +24,22 @@ NPROC=${NPROC:-1}                                       # >1: one process per GP
 SAVE_DIR=${SAVE_DIR:-resnet_imagenet_ckpts}
 EXTRA_ARGS=${EXTRA_ARGS:-}                              # more flags, split on spaces (e.g. "--workers 16")
 PYTHON=${PYTHON:-python}
+LOG_DIR=${LOG_DIR:-logs}                                # a copy of the output goes to LOG_DIR/<name>.log
 
 # torch's spinning OpenMP threads fight other processes for the cores (see docs/performance.md).
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 export PYTHONUNBUFFERED=1
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# The label files (each image's position in CLASS_ORDER) are written from the images when missing.
+labels_dir="${LABEL_ORDER_DIR%/}/imagenet_indices"
+if [[ ! -f "${labels_dir}/imagenet_train_labels.npy" && ! -f "${LABEL_ORDER_DIR%/}/imagenet_train_labels.npy" ]] ||
+   [[ ! -f "${labels_dir}/imagenet_val_labels.npy" && ! -f "${LABEL_ORDER_DIR%/}/imagenet_val_labels.npy" ]]; then
+  echo "label files missing under ${LABEL_ORDER_DIR}: writing them from ${IMAGENET_DIR} and ${CLASS_ORDER}"
+  "${PYTHON}" -m image_classification_experiments.make_numpy_imagenet_label_files \
+    --data "${IMAGENET_DIR}" --class_order_text_file "${CLASS_ORDER}" --labels_dir "${labels_dir}"
+fi
 
 args=(
   --arch "${MODEL}"
@@ -54,7 +65,7 @@ else
   launcher=("${PYTHON}" -m)
 fi
 
-mkdir -p logs
+mkdir -p "${LOG_DIR}"
 "${launcher[@]}" image_classification_experiments.train_base_init_network_from_scratch \
   "${args[@]}" ${extra_args[@]+"${extra_args[@]}"} \
-  2>&1 | tee "logs/${MODEL}_${BASE_MAX_CLASS}_from_scratch.log"
+  2>&1 | tee "${LOG_DIR}/${MODEL}_${BASE_MAX_CLASS}_from_scratch.log"
