@@ -244,6 +244,34 @@ def test_resume_full_path_into_fresh_dir_equals_uninterrupted(full_run, digits, 
         "remind_buffer_10.pth", "remind_buffer_8.pth", "remind_classifier_F_10.pth", "remind_classifier_F_8.pth"]
 
 
+def test_rerun_of_crashed_resume_full_path_run_continues_from_its_own_checkpoint(full_run, digits, ckpt, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """The run's own latest checkpoint wins over --resume_full_path: the same command, rerun after a crash
+    that followed the increment to 8 classes, continues at 8 (not at --streaming_min_class 6)."""
+    d_dir = tmp_path / "D"
+    argv = argv_for(digits, ckpt, d_dir, "--resume_full_path", str(full_run / "remind_model"),
+                    "--streaming_min_class", "6")
+    checkpoint = ie.REMINDStream.checkpoint
+
+    def crash_after_8(self, end, accuracies):
+        checkpoint(self, end, accuracies)
+        if end == 8:
+            raise KeyboardInterrupt("killed after the increment to 8 classes")
+    monkeypatch.setattr(ie.REMINDStream, "checkpoint", crash_after_8)
+    with pytest.raises(KeyboardInterrupt):
+        ie.main(argv)
+    monkeypatch.setattr(ie.REMINDStream, "checkpoint", checkpoint)
+    assert not (d_dir / "remind_model" / "remind_buffer_10.pth").exists()
+    capsys.readouterr()
+    assert ie.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "resuming from" in out and str(d_dir / "remind_model" / "remind_buffer_8.pth") in out
+    assert "learning classes 8-9" in out and "learning classes 6-7" not in out  # 6-7 is not learnt again
+    assert torch.equal(load_preds(full_run, 10), load_preds(d_dir, 10))
+    assert (json.loads((full_run / "accuracies_min_trained_0_max_trained_10.json").read_text())
+            == json.loads((d_dir / "accuracies_min_trained_0_max_trained_10.json").read_text()))
+
+
 # ------------------------------------------------------------------ 3. rerunning a finished run
 def test_rerun_of_finished_run_changes_nothing(full_run, digits, ckpt, tmp_path, capsys):
     copy_dir = link_copy(full_run, tmp_path / "A_again")
