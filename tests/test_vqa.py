@@ -868,6 +868,35 @@ def test_glove_embedding_initialised_and_frozen_in_smac(data, tmp_path, freeze):
     after = dict(learner.net.named_parameters())
     assert not torch.equal(after["output_unit.2.weight"], before["output_unit.2.weight"])
     assert torch.equal(after["embedding.emb.weight"], before["embedding.emb.weight"]) is freeze
+    assert (learner.net.embedding.emb.weight.grad is None) is freeze  # frozen: no gradient at all
+
+
+def test_real_configs_expect_glove_and_say_so_once(data, tmp_path, capsys):
+    """The real configs were run with GloVe; without --glove they warn once at start; demo configs do not."""
+    for name, warned in (("CLEVR_streaming", True), ("CLEVR_demo", False)):
+        args = vqa_trainer.get_parser().parse_args(
+            ["--expt_name", "t", "--data_path", str(data.work["clevr"]), "--data_order", "qtype", "--stream",
+             "--output_dir", str(tmp_path / "out"), "--config_name", name, "--device", "cpu"])
+        capsys.readouterr()
+        vqa_trainer.prepare(args)
+        err = capsys.readouterr().err
+        assert ("expects GloVe" in err) is warned
+        if warned:
+            assert err.count("warning") == 1 and "glove.6B.300d.txt" in err and "S-MAC keeps them frozen" in err
+    assert get_config("TDIUC_streaming").expects_glove and not get_config("TDIUC_streaming").freeze_embedding
+
+
+def test_run_script_passes_glove(data, tmp_path):
+    words = load_json(data.work["clevr"] / "dictionary_clevr.json")["idx2word"]
+    write_glove(tmp_path / "glove.txt", {w: [0.5] * 16 for w in words[1:4]})
+    env = {**os.environ, "DATA_PATH": str(data.work["clevr"]), "CONFIG": "CLEVR_demo", "MODE": "stream",
+           "GLOVE": str(tmp_path / "glove.txt"), "OUTPUT_DIR": str(tmp_path / "out"), "DEVICE": "cpu",
+           "EXTRA_ARGS": " ".join(TINY["clevr"] + COMMON[:-2]), "PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(REPO / "vqa_experiments" / "run_clevr_experiment.sh")], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"word vectors: 3 of {len(words)} question words found in {tmp_path / 'glove.txt'}" in result.stdout
+    assert (tmp_path / "out" / "summary.json").is_file()
 
 
 def test_updown_embedding_from_glove(tmp_path):

@@ -18,6 +18,7 @@ WEIGHTS=${WEIGHTS:-}                                # torchvision ResNet-152 .pt
 PREPARE=${PREPARE:-0}
 expt=${expt:-${CONFIG}_${DATA_ORDER}_${lr}_${MODE}}
 OUTPUT_DIR=${OUTPUT_DIR:-./snapshots/${expt}}
+GLOVE=${GLOVE:-}                                    # glove.6B.300d.txt (or an aligned .npy); empty: random embeddings
 DEVICE=${DEVICE:-}                                  # cuda or cpu; empty = cuda when available
 EXTRA_ARGS=${EXTRA_ARGS:-}                          # e.g. "--rehearsal_mode limited_buffer --max_buffer_size 10000"
 PYTHON=${PYTHON:-python}

@@ -390,7 +390,14 @@ def prepare(args):
         if glove.shape != (data.dictionary.ntoken, config.emb_dim):  # refuse here, before the output folder
             raise VQADataError(f"word vectors have shape {glove.shape}, the model needs ({data.dictionary.ntoken}, "
                                f"{config.emb_dim}); set the embedding size with --set emb_dim={glove.shape[-1]}")
-        print(f"word vectors: {found} of {data.dictionary.ntoken} question words found in {args.glove}")
+        print(f"word vectors: {found} of {data.dictionary.ntoken} question words found in {args.glove}"
+              + (" (frozen)" if config.freeze_embedding else ""))
+    elif config.expects_glove:
+        print(f"warning: --config_name {args.config_name} expects GloVe word vectors, as the original used "
+              "(glove.6B.300d.txt" + ("; S-MAC keeps them frozen" if config.freeze_embedding else "") +
+              "), but no --glove was given: the embeddings start random and are trained. Get glove.6B.zip from "
+              "https://nlp.stanford.edu/projects/glove/ and pass --glove /path/to/glove.6B.300d.txt "
+              "(GLOVE= in the run scripts)", file=sys.stderr, flush=True)
     return config, data, glove
 
 

@@ -26,7 +26,8 @@ class VQAConfig:
     # question encoder
     emb_dim: int = 300
     embedding_dropout: bool = False
-    freeze_embedding: bool = False  # S-MAC freezes GloVe-initialised embeddings
+    freeze_embedding: bool = False  # S-MAC freezes GloVe-initialised embeddings (only when --glove is given)
+    expects_glove: bool = False     # the original initialised this model's embeddings from 300-d GloVe
     lstm_out: int = 512
     bidirectional: bool = True
     # UpDown
@@ -46,10 +47,10 @@ class VQAConfig:
 
 CONFIGS: dict[str, VQAConfig] = {
     "CLEVR_streaming": VQAConfig(dataset="clevr", model="smac", num_classes=28, lr=3e-4, train_batch_size=64,
-                                 val_batch_size=64, freeze_embedding=True,
+                                 val_batch_size=64, freeze_embedding=True, expects_glove=True,
                                  notes="the original's config_CLEVR_streaming.py"),
     "TDIUC_streaming": VQAConfig(dataset="tdiuc", model="updown", num_classes=1480, lr=2e-3, train_batch_size=512,
-                                 val_batch_size=512, imnorm=True, embedding_dropout=True,
+                                 val_batch_size=512, imnorm=True, embedding_dropout=True, expects_glove=True,
                                  notes="the original's config_TDIUC_streaming.py"),
     "CLEVR_demo": VQAConfig(dataset="clevr", model="smac", num_classes=28, lr=1e-3, train_batch_size=32, imnorm=True,
                             max_epochs=12, emb_dim=64, lstm_out=64, mac_dim=64, mac_max_step=4,
