@@ -27,7 +27,7 @@ from image_classification_experiments.configs import config_from_args
 from image_classification_experiments.REMINDModel import REMINDModel
 from image_classification_experiments.resnet_models import build_full_network, load_network_state
 from image_classification_experiments.stream_run import (OfflineTraining, REMINDStream, ResultFiles, StreamSpec,
-                                                         feature_shape, run_stream)
+                                                         feature_shape, run_stream, stream_budget)
 from image_classification_experiments.utils_core50 import (NUM_CATEGORIES, ORDERINGS, Core50Split, core50_loader,
                                                            load_core50, stream_order)
 from image_classification_experiments.utils_imagenet import DataError
@@ -59,6 +59,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--expt_name", type=str, default="remind_core50", help="experiment name (remind_core50)")
     g.add_argument("--save_dir", type=str, default=None,
                    help="results folder (default streaming_experiments/<expt_name>_<order>_seed<k>); reruns resume")
+    g.add_argument("--dry_run", action="store_true",
+                   help="check the data and checkpoint, print the budget table and exit, writing nothing")
+    g.add_argument("--skip_disk_check", action="store_true",
+                   help="start even if the run's writes would exceed the free disk under --save_dir")
     g = p.add_argument_group("weights")
     g.add_argument("--classifier_ckpt", type=str, default=None,
                    help="weights for G and F: a torchvision ResNet-18 .pth (ImageNet, as the paper) or a project "
@@ -142,11 +146,27 @@ def prepare_model(args, adapted: dict | None, train: Core50Split, save_dir: Path
 
 
 # ------------------------------------------------------------------ the run
-def streaming(args, model: REMINDModel, train: Core50Split, test: Core50Split, save_dir: Path) -> dict:
+def stream_plan(args, train: Core50Split) -> tuple[np.ndarray, StreamSpec]:
+    """The ordered training frames and the evaluation points."""
     stream = stream_order(train, args.order, args.permutation_seed)
     base_count, points = eval_points(len(stream), args.base_init_fraction, args.eval_fraction)
-    spec = StreamSpec(tuple([base_count] + points), 0, "frames")
-    base = np.unique(train.labels[stream[:base_count]])
+    return stream, StreamSpec(tuple([base_count] + points), 0, "frames")
+
+
+def run_budget(args, train: Core50Split, test: Core50Split, save_dir: Path):
+    """The preflight table (a randomly initialised model of the same shapes stands in for the checkpoint's)."""
+    stream, spec = stream_plan(args, train)
+    config = config_from_args(args, num_classes=NUM_CATEGORIES, lr_examples_per_class=1)
+    with torch.random.fork_rng(devices=[]):  # sizes only: the run's own draws stay untouched
+        model = REMINDModel(classifier_ckpt=None, device=args.device, config=config)
+    evaluated = [int(np.isin(test.labels, np.unique(train.labels[stream[:end]])).sum()) for end in spec.points]
+    return stream_budget(f"preflight: {args.expt_name} ({args.order}, seed {args.permutation_seed})", spec,
+                         list(spec.points), evaluated, model, feature_shape(model, args.image_size), save_dir)
+
+
+def streaming(args, model: REMINDModel, train: Core50Split, test: Core50Split, save_dir: Path) -> dict:
+    stream, spec = stream_plan(args, train)
+    base = np.unique(train.labels[stream[:spec.points[0]]])
 
     def train_loader(start: int, end: int):
         return core50_loader(train, stream[start:end], args.batch_size, args.image_size, args.num_workers)
@@ -176,6 +196,13 @@ def main(argv=None) -> int:
         torch.manual_seed(args.seed)  # random init of G/F (or of the 10-way fc)
         train, test = load_core50(args.data_dir, args.frame_stride)
         adapted = adapted_checkpoint(args)  # fails here, before anything is written, if it is bad
+        plan = run_budget(args, train, test, save_dir)
+        print(plan.table(), flush=True)
+        if args.dry_run:
+            print("dry run: every check passed; nothing was written")
+            return 0
+        if not args.skip_disk_check:
+            plan.check_disk()
         save_dir.mkdir(parents=True, exist_ok=True)
         model = prepare_model(args, adapted, train, save_dir)
         feature_shape(model, args.image_size)

@@ -26,13 +26,14 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
 from image_classification_experiments.configs import PRESETS, config_from_args, preset_defaults
 from image_classification_experiments.REMINDModel import REMINDModel
 from image_classification_experiments.stream_run import (ACCURACY_KEYS, OfflineTraining, REMINDStream, ResultFiles,
-                                                         StreamSpec, feature_shape, run_stream)
+                                                         StreamSpec, feature_shape, run_stream, stream_budget)
 from image_classification_experiments.resnet_models import check_classifier_rows
 from image_classification_experiments.utils_imagenet import (DataError, check_class_range, class_names_by_position,
                                                              default_num_workers, examples_per_class, get_data_loader,
@@ -95,6 +96,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="folder with imagenet_indices/imagenet_{train,val}_labels.npy (class order)")
     g.add_argument("--save_dir", type=str, default=None,
                    help="results folder (default streaming_experiments/<expt_name>); a rerun resumes here")
+    g.add_argument("--dry_run", action="store_true",
+                   help="check the data, label files, class order and checkpoint, print the budget table "
+                        "(buffer, device memory, checkpoint and disk bytes) and exit, writing nothing")
+    g.add_argument("--skip_disk_check", action="store_true",
+                   help="start even if the run's writes would exceed the free disk under --save_dir")
     g.add_argument("--resume_full_path", type=str, default=None,
                    help="folder of a previous run's remind_model/ to continue from, at --streaming_min_class")
     g = p.add_argument_group("base init and feature maps")
@@ -186,6 +192,17 @@ def check_checkpoint_rows(args) -> None:
         print(warning, file=sys.stderr, flush=True)
 
 
+def run_budget(args, model: REMINDModel, spec: StreamSpec, save_dir: Path):
+    """The preflight table for these flags and this data."""
+    train = load_labels(args.images_dir, args.label_dir, "train")
+    val = load_labels(args.images_dir, args.label_dir, "val")
+    seen = [int(np.count_nonzero((train >= args.min_class) & (train < end))) for end in spec.points]
+    evaluated = [int(np.count_nonzero((val >= args.min_class) & (val < end))) for end in spec.points]
+    return stream_budget(f"preflight: {args.expt_name} ({run_mode(args)}), classes {args.min_class}-"
+                         f"{spec.points[-1] - 1}", spec, seen, evaluated, model,
+                         feature_shape(model, args.image_size, args.spatial_feat_dim), save_dir)
+
+
 def run_mode(args) -> str:
     return "offline" if args.offline_epochs else "stream"
 
@@ -233,6 +250,13 @@ def main(argv=None) -> int:
         model = REMINDModel(classifier_ckpt=args.classifier_ckpt, device=args.device, config=config)
         feature_shape(model, args.image_size, args.spatial_feat_dim)
         check_checkpoint_rows(args)
+        plan = run_budget(args, model, spec, save_dir)
+        print(plan.table(), flush=True)
+        if args.dry_run:
+            print("dry run: every check passed; nothing was written")
+            return 0
+        if not args.skip_disk_check:
+            plan.check_disk()
         save_dir.mkdir(parents=True, exist_ok=True)
         print(f"git commit {reporting.git_commit()}; arguments:\n" + json.dumps(vars(args), indent=2, sort_keys=True))
         streaming(args, model, spec, save_dir)

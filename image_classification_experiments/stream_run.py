@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from image_classification_experiments.REMINDModel import REMINDModel
-from remind import reporting
+from remind import budget, reporting
 from remind.checkpoint import CheckpointError, atomic_torch_save, atomic_write_text
 from remind.metrics import topk_accuracy
 
@@ -243,3 +243,45 @@ def feature_shape(model: REMINDModel, image_size: int, spatial_feat_dim: int | N
         raise ValueError(f"G gives {side}x{side} feature maps at --image_size {image_size}, not "
                          f"--spatial_feat_dim {spatial_feat_dim}; drop the flag or fix --image_size")
     return tuple(maps.shape[-2:])
+
+
+def stream_budget(title: str, spec: StreamSpec, examples_seen: list[int], evaluated: list[int], model: REMINDModel,
+                  map_shape: tuple[int, int], save_dir: Path | None) -> budget.Budget:
+    """The preflight table of a REMIND stream (:mod:`remind.budget`), from the sizes it will reach.
+
+    ``examples_seen[k]`` / ``evaluated[k]``: training examples learnt and test examples predicted at
+    ``spec.points[k]``. Per point the run writes ``remind_buffer_<k>.pth`` (buffer, F, momentum, codebooks,
+    per-class steps), ``remind_classifier_F_<k>.pth`` (F, momentum) and the softmax predictions (float32).
+    """
+    config = model.config
+    limit = config.max_buffer_size
+    stored = [n if limit is None else min(n, limit) for n in examples_seen]
+    code_bytes = int(np.prod(map_shape)) * config.num_codebooks
+    per_entry = code_bytes + budget.entry_bytes(config.num_classes)
+    f_bytes, momentum = budget.module_bytes(model.classifier_F), budget.trainable_bytes(model.classifier_F)
+    codebooks = config.codebook_size * config.num_channels * 4
+    run_state = [n * per_entry + f_bytes + momentum + codebooks + 8 * config.num_classes for n in stored]
+    f_file = f_bytes + momentum
+    preds = [n * config.num_classes * 4 for n in evaluated]
+    table = budget.Budget(title, save_dir=save_dir)
+    table.add("training examples", examples_seen[-1])
+    table.add("test examples (last evaluation)", evaluated[-1])
+    table.add("evaluations", f"{len(spec.points)} (base init to {spec.points[0]} {spec.unit}, then "
+                             f"{len(spec.points) - 1} increments)")
+    largest = max(stored)
+    table.add("buffer at its largest", f"{largest:,} examples x {code_bytes:,} B of codes "
+                                       f"({'x'.join(map(str, map_shape))} x {config.num_codebooks} codebooks) = "
+                                       f"{budget.human(largest * code_bytes)}, + labels, ids, class slots "
+                                       f"{budget.human(largest * (per_entry - code_bytes))} = "
+                                       f"{budget.human(largest * per_entry)}")
+    table.add("codebooks", f"{config.num_codebooks} x {config.codebook_size} centroids of "
+                           f"{config.num_channels // config.num_codebooks} floats = {budget.human(codebooks)}")
+    table.add(f"device memory ({model.device.type})",
+              f"buffer codes {budget.human(largest * code_bytes)} + F (weights, gradients, momentum) "
+              f"{budget.human(f_bytes + 2 * momentum)} + G {budget.human(budget.module_bytes(model.classifier_G))}"
+              " + activations of one step")
+    table.add("per checkpoint (largest)", f"remind_buffer {budget.human(max(run_state))}, remind_classifier_F "
+                                          f"{budget.human(f_file)}, predictions {budget.human(max(preds))}")
+    table.write_bytes = sum(run_state) + len(stored) * f_file + sum(preds)
+    table.add_disk()
+    return table

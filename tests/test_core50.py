@@ -3,6 +3,7 @@ end-to-end run of ``core50_experiment.main`` (CPU)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +190,15 @@ def test_base_init_trains_f_on_the_base_frames(tree, tmp_path, capsys):
         result = sorted(save_dir.glob("core50_iid_accuracies_*.json"))[-1]
         first_eval[epochs] = json.loads(result.read_text())["seen_classes_top1"][0]
     assert first_eval[8] > first_eval[0] + 20, first_eval
+
+
+def test_dry_run_prints_the_budget_and_writes_nothing(tree, tmp_path, capsys):
+    save_dir = tmp_path / "out"
+    argv = ["--data_dir", str(tree), "--order", "iid", "--frame_stride", "4", "--image_size", "64",
+            "--num_workers", "0", "--device", "cpu", "--codebook_size", "16", "--max_buffer_size", "20",
+            "--save_dir", str(save_dir), "--dry_run"]
+    assert ce.main(argv) == 0
+    out = capsys.readouterr().out
+    assert not save_dir.exists()
+    assert "20 examples x 128 B of codes (2x2 x 32 codebooks)" in out  # min(--max_buffer_size, frames)
+    assert re.search(rf"training examples\s+{8 * NUM_OBJECTS}\n", out) and "dry run" in out

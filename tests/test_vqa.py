@@ -1030,3 +1030,18 @@ def test_remind_step_is_the_new_question_plus_distinct_replays(data, tmp_path, m
         replays = rows[1:]
         assert len(replays) == min(r, position + 1) and len(set(replays.tolist())) == len(replays)
         assert set(replays.tolist()) <= set(order.rows[:position + 1].tolist())
+
+
+def test_dry_run_prints_the_budget_and_writes_nothing(data, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    argv = trainer_argv(data, "tdiuc", "qtype", "stream_with_rehearsal", out_dir, "--rehearsal_mode",
+                        "limited_buffer", "--max_buffer_size", "30", "--dry_run")
+    before = sorted((p, p.stat().st_mtime_ns) for p in data.work["tdiuc"].rglob("*"))
+    assert vqa_trainer.main(argv) == 0
+    out = capsys.readouterr().out
+    assert not out_dir.exists() and sorted((p, p.stat().st_mtime_ns) for p in data.work["tdiuc"].rglob("*")) == before
+    line = next(line for line in out.splitlines() if "buffer at its largest" in line)
+    codes = np.load(data.work["tdiuc"] / "all_tdiuc_resnetpq_qtype_codes.npy", mmap_mode="r")
+    assert line.split("buffer at its largest")[1].strip().startswith("30 questions x 10 B = 300 B, referring to "
+                                                                     f"{len(codes):,} images' codes")
+    assert "dry run: every check passed; nothing was written" in out

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from remind import reporting
+from remind import budget, reporting
 from remind.buffer import ReplayBuffer, SharedCodes
 from remind.checkpoint import atomic_write_text, load_run_state, rng_from_json, rng_state_to_json, save_run_state
 from remind.cli import check_device, default_device, run_main
@@ -73,6 +73,11 @@ def get_parser() -> argparse.ArgumentParser:
                         help="GloVe text file (or .npy matrix) to initialise word embeddings; default random")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a config field, e.g. --set max_epochs=5 (repeatable)")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="check the data and settings, print the budget table (buffer, device memory, "
+                             "checkpoint and disk bytes) and exit, writing nothing")
+    parser.add_argument("--skip_disk_check", action="store_true",
+                        help="start even if the run's writes would exceed the free disk under --output_dir")
     parser.add_argument("--device", default=default_device(), help="cuda or cpu (default: cuda if present)")
     parser.add_argument("--seed", type=int, default=0, help="network init, dropout, base-init shuffles, replay draws")
     return parser
@@ -369,6 +374,64 @@ def offline(args, config, data: VQAData, out_dir: Path, identity: dict, glove) -
     return summary
 
 
+# -------------------------------------------------------------------- budget
+def vqa_budget(title: str, mode: str, train_questions: int, val_questions: int, images: int, boundaries: int,
+               code_shape: tuple[int, int, int], codebook_size: int, num_channels: int, num_classes: int,
+               max_buffer_size: int | None, net: nn.Module, ema: bool, table_bytes: int,
+               out_dir: Path | None) -> budget.Budget:
+    """The preflight table of a VQA run (:mod:`remind.budget`).
+
+    The buffer refers to codes held once per image (``remind.buffer.SharedCodes``: every image's codes and
+    an int64 image row per training question), 10 bytes per stored question. ``checkpoint.pt`` is rewritten
+    at each boundary (two copies at once while it is replaced); each boundary adds its predictions as JSON
+    (about 16 bytes per validation question). ``table_bytes``: the question tables held on the device.
+    """
+    code_bytes = int(np.prod(code_shape))
+    stored = 0 if mode != "stream_with_rehearsal" else (
+        train_questions if max_buffer_size is None else min(train_questions, max_buffer_size))
+    entries = stored * budget.entry_bytes(num_classes)
+    shared = images * code_bytes + 8 * train_questions
+    weights, trainable = budget.module_bytes(net), budget.trainable_bytes(net)
+    codebooks = codebook_size * num_channels * 4
+    optimizer = 2 * trainable  # Adamax: exp_avg and exp_inf
+    checkpoint = weights + optimizer + codebooks + entries + (weights if ema else 0)
+    results = val_questions * 16
+    table = budget.Budget(title, save_dir=out_dir)
+    table.add("questions (train / val)", f"{train_questions:,} / {val_questions:,}")
+    table.add("images with codes", images)
+    table.add("evaluations (boundaries)", boundaries)
+    table.add("buffer at its largest", f"{stored:,} questions x {budget.entry_bytes(num_classes)} B "
+                                       f"= {budget.human(entries)}, referring to {images:,} images' codes "
+                                       f"({'x'.join(map(str, code_shape))} = {code_bytes:,} B each) + image rows "
+                                       f"= {budget.human(shared)}")
+    table.add("codebooks", f"{code_shape[-1]} x {codebook_size} centroids of {num_channels // code_shape[-1]} "
+                           f"floats = {budget.human(codebooks)}")
+    table.add("device memory", f"codes and image rows {budget.human(shared)} + question tables "
+                               f"{budget.human(table_bytes)} + buffer {budget.human(entries)} + network (weights, "
+                               f"gradients, Adamax state{', average' if ema else ''}) "
+                               f"{budget.human(weights + trainable + optimizer + (weights if ema else 0))}"
+                               " + activations of one step")
+    table.add("per checkpoint", f"checkpoint.pt {budget.human(checkpoint)} (rewritten each boundary), "
+                                f"predictions {budget.human(results)} per boundary")
+    table.write_bytes = 2 * checkpoint + boundaries * (results + 200_000)
+    table.add_disk()
+    return table
+
+
+def run_budget(args, config, data: VQAData, out_dir: Path) -> budget.Budget:
+    with torch.random.fork_rng(devices=[]):  # sizes only: the run's own draws stay untouched
+        net = build_model(config, data.dictionary.ntoken, data.codec.num_channels)
+    if config.freeze_embedding and args.glove is not None:
+        net.embedding.emb.weight.requires_grad_(False)
+    tables = sum(t.numel() * t.element_size() for table in data.tables.values() for t in table.values())
+    return vqa_budget(f"preflight: {args.expt_name} ({run_mode(args)} on {config.dataset}, {args.data_order})",
+                      run_mode(args), int(data.order.boundaries[-1]), len(data.val), len(data.codes),
+                      len(data.order.boundaries), data.code_shape, data.codec.codebook_size,
+                      data.codec.num_channels, data.num_classes,
+                      args.max_buffer_size if args.rehearsal_mode == "limited_buffer" else None, net,
+                      args.use_exponential_averaging, tables, out_dir)
+
+
 # ----------------------------------------------------------------------- main
 def prepare(args):
     """Everything that can fail on bad input, before anything is written."""
@@ -411,6 +474,13 @@ def main(argv=None) -> int:
         identity["config"] = dataclasses.asdict(config)
         if (out_dir / CHECKPOINT).exists():
             load_checkpoint(out_dir / CHECKPOINT, identity)  # refuse a different run's folder before writing
+        plan = run_budget(args, config, data, out_dir)
+        print(plan.table(), flush=True)
+        if args.dry_run:
+            print("dry run: every check passed; nothing was written")
+            return 0
+        if not args.skip_disk_check:
+            plan.check_disk()
         out_dir.mkdir(parents=True, exist_ok=True)
         print(f"git commit {reporting.git_commit()}; {run_mode(args)} on {config.dataset} ({config.model}), "
               f"{len(data.train)} train / {len(data.val)} val questions, {data.num_classes} answers, "
