@@ -187,22 +187,28 @@ class REMINDModel:
         self.class_steps[label] += 1
         return loss
 
-    def fit_incremental_batch(self, curr_loader, verbose: bool = True) -> float:
+    def fit_incremental_batch(self, curr_loader, verbose: bool = True, between_batches=None,
+                              first_batch: int = 0, loss_so_far: tuple[float, int] = (0.0, 0)) -> float:
         """Stream every example of ``curr_loader`` (batches of ``(images, labels, ids)``) once, in order.
 
-        Returns the mean training loss.
+        ``between_batches(batches_done, loss_total, count)`` is called after each batch, where the state is
+        complete (mid-segment checkpoints). A stream resumed after ``first_batch`` batches passes a loader
+        over the remaining examples, that number and the loss accumulated so far. Returns the mean loss.
         """
         if self.learner is None:
             raise RuntimeError("call fit_pq (base initialisation) or resume before streaming")
         self.classifier_F.train()
-        total, count = torch.zeros((), device=self.device), 0
+        total = torch.tensor(loss_so_far[0], dtype=torch.float32, device=self.device)
+        count = loss_so_far[1]
         progress = tqdm(total=len(curr_loader.dataset), desc="streaming", disable=not verbose, leave=False)
-        for images, labels, ids in curr_loader:
+        for batch, (images, labels, ids) in enumerate(curr_loader, start=first_batch + 1):
             for codes, label, example_id in zip(self._encode(images), labels.tolist(), ids.tolist()):
                 total += self.replay_step(codes, label, example_id, insert=True)
                 count += 1
             progress.update(len(labels))
             progress.set_postfix(loss=f"{float(total) / max(count, 1):.4f}")  # a sync point, once per batch
+            if between_batches is not None:
+                between_batches(batch, float(total), count)
         progress.close()
         return float(total) / max(count, 1)
 
@@ -279,18 +285,28 @@ class REMINDModel:
         atomic_torch_save({"model_state_dict": self.classifier_F.state_dict(),
                            "optimizer_state_dict": self.optimizer.state_dict()},
                           folder / f"remind_classifier_F_{inc}.pth")
+        self.save_state(folder / f"remind_buffer_{inc}.pth", {"inc": inc, **(extra_meta or {})}, identity)
+
+    def save_state(self, path: Path, progress: dict, identity: dict | None = None) -> None:
+        """The run state alone (an increment's, or one inside an increment): learner + per-class LR steps."""
         state = {"learner": self.learner.state_dict(), "class_steps": torch.from_numpy(self.class_steps.copy())}
-        progress = {"inc": inc, "code_shape": list(self.replay_buffer.code_shape), **(extra_meta or {})}
-        save_run_state(folder / f"remind_buffer_{inc}.pth", state, {**self.settings, **(identity or {})}, progress)
+        save_run_state(path, state, {**self.settings, **(identity or {})},
+                       {"code_shape": list(self.replay_buffer.code_shape), **progress})
 
     def resume(self, inc: int, resume_full_path: str, identity: dict | None = None) -> dict:
         """Load the state saved by :meth:`save` for increment ``inc``; returns its metadata."""
         path = Path(resume_full_path) / f"remind_buffer_{inc}.pth"
+        meta = self.load_state(path, identity, f"deleting remind_buffer_{inc}.pth makes a rerun resume from the "
+                                               "increment before")
+        self._rewrite_unreadable_f(Path(resume_full_path) / f"remind_classifier_F_{inc}.pth")
+        return meta
+
+    def load_state(self, path: Path, identity: dict | None, if_damaged: str) -> dict:
+        """Load a run state written by :meth:`save_state`; returns its metadata."""
         try:
             state, meta = load_run_state(path, {**self.settings, **(identity or {})}, "REMIND run checkpoint")
         except CheckpointError as exc:
-            raise CheckpointError(f"{exc} (deleting remind_buffer_{inc}.pth makes a rerun resume from the "
-                                  "increment before)") from None
+            raise CheckpointError(f"{exc} ({if_damaged})") from None
         centroids = state["learner"]["codec"]["centroids"]
         self.start_from(PQCodec(centroids, device=self.device), tuple(meta["code_shape"]))
         try:
@@ -299,7 +315,6 @@ class REMINDModel:
             raise CheckpointError(f"{path} does not fit {self.config.classifier_F}: "
                                   f"{str(exc).splitlines()[0][:200]}") from None
         self.class_steps = state["class_steps"].numpy().astype(np.int64).copy()
-        self._rewrite_unreadable_f(Path(resume_full_path) / f"remind_classifier_F_{inc}.pth")
         return meta
 
     def _rewrite_unreadable_f(self, path: Path) -> None:

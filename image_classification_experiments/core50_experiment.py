@@ -27,11 +27,12 @@ from image_classification_experiments.configs import config_from_args
 from image_classification_experiments.REMINDModel import REMINDModel
 from image_classification_experiments.resnet_models import build_full_network, load_network_state
 from image_classification_experiments.stream_run import (OfflineTraining, REMINDStream, ResultFiles, StreamSpec,
-                                                         feature_shape, run_stream, stream_budget)
+                                                         feature_shape, keep_policy, run_stream, stream_budget)
 from image_classification_experiments.utils_core50 import (NUM_CATEGORIES, ORDERINGS, Core50Split, core50_loader,
                                                            load_core50, stream_order)
 from image_classification_experiments.utils_imagenet import DataError
 from remind import reporting
+from remind.autosave import Autosave
 from remind.checkpoint import CheckpointError, atomic_torch_save
 from remind.cli import run_main
 from remind.pq import check_pq_shape
@@ -79,6 +80,9 @@ def validate_args(args) -> None:
             raise DataError(f"--{name} {getattr(args, name)} must be in (0, 1]")
     if args.base_init_epochs < 0 or args.base_init_batch_size < 1 or args.base_init_lr <= 0:
         raise DataError("--base_init_epochs must be >= 0, --base_init_batch_size >= 1 and --base_init_lr > 0")
+    keep_policy(args.keep_checkpoints)
+    if args.checkpoint_every_minutes < 0:
+        raise DataError(f"--checkpoint_every_minutes must be >= 0, got {args.checkpoint_every_minutes}")
     if args.rehearsal_samples < 0 or args.batch_size < 1 or args.image_size < 32:
         raise DataError("--rehearsal_samples must be >= 0, --batch_size >= 1 and --image_size >= 32")
 
@@ -180,11 +184,15 @@ def streaming(args, model: REMINDModel, train: Core50Split, test: Core50Split, s
     # F's 10-way head starts random: train F offline on the base-init codes (the buffer holds exactly them),
     # then stream with a fresh optimizer, as after the ImageNet base initialisation.
     base_training = OfflineTraining(args.base_init_epochs, args.base_init_batch_size, args.base_init_lr)
+    autosave = Autosave(args.checkpoint_every_minutes)
     method = REMINDStream(model, train_loader, test_loader, save_dir / "remind_model", identity,
-                          feature_shape(model, args.image_size), base_training=base_training)
+                          feature_shape(model, args.image_size), base_training=base_training, autosave=autosave,
+                          keep=keep_policy(args.keep_checkpoints))
     files = ResultFiles(save_dir, f"REMIND {args.order} seed {args.permutation_seed}", prefix=f"core50_{args.order}_",
                         plot_name=f"core50_{args.order}_accuracy_curve.png", xlabel="training frames streamed")
-    return run_stream(spec, method, files, lambda labels: np.isin(labels, base), omit_non_base_at_base_init=False)
+    with autosave:
+        return run_stream(spec, method, files, lambda labels: np.isin(labels, base),
+                          omit_non_base_at_base_init=False)
 
 
 def main(argv=None) -> int:

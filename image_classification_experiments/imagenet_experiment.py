@@ -33,12 +33,14 @@ import torch
 from image_classification_experiments.configs import PRESETS, config_from_args, preset_defaults
 from image_classification_experiments.REMINDModel import REMINDModel
 from image_classification_experiments.stream_run import (ACCURACY_KEYS, OfflineTraining, REMINDStream, ResultFiles,
-                                                         StreamSpec, feature_shape, run_stream, stream_budget)
+                                                         StreamSpec, feature_shape, keep_policy, run_stream,
+                                                         stream_budget)
 from image_classification_experiments.resnet_models import check_classifier_rows
 from image_classification_experiments.utils_imagenet import (DataError, check_class_range, class_names_by_position,
                                                              default_num_workers, examples_per_class, get_data_loader,
                                                              load_labels)
 from remind import reporting
+from remind.autosave import Autosave
 from remind.checkpoint import CheckpointError
 from remind.cli import default_device, run_main
 from remind.pq import check_pq_shape
@@ -83,6 +85,14 @@ def learner_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--use_random_resized_crops", action="store_true", help="feature-map crops (paper: on)")
     g.add_argument("--use_mixup", action="store_true", help="mixup of replayed examples (paper: on)")
     g.add_argument("--mixup_alpha", type=float, default=0.1, help="Beta(alpha, alpha) for mixup (0.1)")
+    g = p.add_argument_group("checkpoints")
+    g.add_argument("--checkpoint_every_minutes", type=float, default=10.0,
+                   help="also save the run state inside an increment this often (fractions allowed; 0: only "
+                        "after each increment); SIGINT/SIGTERM save it too, and a rerun continues from it (10)")
+    g.add_argument("--keep_checkpoints", type=str, default="1",
+                   help="increment states remind_buffer_<K>.pth kept: the latest N, or 'all' (the original's "
+                        "layout, one per increment, about 1.5 GB each on ImageNet); each increment's F, "
+                        "accuracies and predictions are always kept (1)")
     return p
 
 
@@ -173,6 +183,9 @@ def validate_args(args, spec: StreamSpec):
         check_class_range(labels, args.min_class, args.base_init_classes, f"base init ({split})")
         if streaming_min < spec.points[-1]:
             check_class_range(labels, streaming_min, spec.points[-1], f"stream ({split})")
+    keep_policy(args.keep_checkpoints)
+    if args.checkpoint_every_minutes < 0:
+        raise DataError(f"--checkpoint_every_minutes must be >= 0, got {args.checkpoint_every_minutes}")
     lr_examples = resolve_lr_examples(args.lr_examples_per_class,
                                       lambda: load_labels(args.images_dir, args.label_dir, "train"), args.num_classes)
     if args.resume_full_path is not None and not (Path(args.resume_full_path) /
@@ -222,9 +235,10 @@ def streaming(args, model: REMINDModel, spec: StreamSpec, save_dir: Path) -> dic
     train, val = loader_factory(args, "train"), loader_factory(args, "val")
     offline = OfflineTraining(args.offline_epochs, args.offline_batch_size, args.offline_lr) \
         if args.offline_epochs else None
+    autosave = Autosave(args.checkpoint_every_minutes)
     method = REMINDStream(model, train, lambda end: val(args.min_class, end), save_dir / "remind_model",
                           {"mode": run_mode(args)}, feature_shape(model, args.image_size, args.spatial_feat_dim),
-                          offline=offline)
+                          offline=offline, autosave=autosave, keep=keep_policy(args.keep_checkpoints))
     seed_from = None
     if args.resume_full_path is not None:
         point = args.base_init_classes if args.streaming_min_class is None else args.streaming_min_class
@@ -232,8 +246,9 @@ def streaming(args, model: REMINDModel, spec: StreamSpec, save_dir: Path) -> dic
         def seed_from():
             return point, method.restore(point, Path(args.resume_full_path))
     files = ResultFiles(save_dir, args.expt_name, first=args.min_class)
-    accuracies = run_stream(spec, method, files, lambda labels: labels < args.base_init_classes,
-                            seed_from=seed_from)
+    with autosave:
+        accuracies = run_stream(spec, method, files, lambda labels: labels < args.base_init_classes,
+                                seed_from=seed_from)
     print(reporting.format_table({args.expt_name: accuracies}, spec.seen_at(len(accuracies["seen_classes_top1"]))))
     return accuracies
 

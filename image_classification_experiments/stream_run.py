@@ -18,10 +18,13 @@ from typing import Callable, Protocol
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Subset
 
 from image_classification_experiments.REMINDModel import REMINDModel
 from remind import budget, reporting
-from remind.checkpoint import CheckpointError, atomic_torch_save, atomic_write_text
+from remind.autosave import Autosave
+from remind.checkpoint import CheckpointError, atomic_torch_save, atomic_write_text, load_state, \
+    remove_stale_temporaries
 from remind.metrics import topk_accuracy
 
 ACCURACY_KEYS = ("base_classes_top1", "non_base_classes_top1", "seen_classes_top1",
@@ -135,6 +138,9 @@ def run_stream(spec: StreamSpec, method: StreamMethod, files: ResultFiles,
     ``seed_from``, called only when the run has no checkpoint of its own, loads another run's state (the
     original's ``--resume_full_path``) and returns its position and accuracies: the run's own checkpoints win.
     """
+    for folder in {files.save_dir, getattr(method, "model_dir", files.save_dir)}:
+        for stale in remove_stale_temporaries(folder):
+            print(f"removed {stale}, left by a save that was interrupted", flush=True)
     done = method.completed(spec.points)
     if done is not None:
         accuracies = method.restore(done)
@@ -169,6 +175,28 @@ class OfflineTraining:
     lr: float = 0.1
 
 
+PARTIAL = "remind_partial.pth"  # the run state inside an increment (mid-segment checkpoint)
+
+
+def remaining_batches(loader: DataLoader, skip: int) -> DataLoader:
+    """The same (unshuffled) loader without its first ``skip`` batches: the batches that follow are the ones
+    the full loader would give, so a resumed stream sees exactly the same batches."""
+    if skip == 0:
+        return loader
+    rest = Subset(loader.dataset, range(min(skip * loader.batch_size, len(loader.dataset)), len(loader.dataset)))
+    return DataLoader(rest, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
+
+
+def keep_policy(value: str) -> int | None:
+    """``--keep_checkpoints``: a positive number of increment states to keep, or ``all`` (None)."""
+    if str(value) == "all":
+        return None
+    if str(value).isdigit() and int(value) > 0:
+        return int(value)
+    raise ValueError(f"--keep_checkpoints {value!r} must be a positive integer or all")
+
+
 class REMINDStream:
     """REMIND, fine-tuning (0 replays) or the feature-level offline baseline as a :class:`StreamMethod`.
 
@@ -182,14 +210,21 @@ class REMINDStream:
         offline: instead of streaming, store each segment's codes and retrain F (the offline baseline).
         base_training: train F offline on the base-init codes before streaming (CORe50's new head), then
             stream with a fresh optimizer.
+        autosave: saves the run state inside an increment (``remind_partial.pth``) on its timer and on
+            SIGINT/SIGTERM, between batches of the stream; None: only after each increment.
+        keep: increment states (``remind_buffer_<end>.pth``) kept, the latest ones; None keeps all.
     """
 
     def __init__(self, model: REMINDModel, train_loader, test_loader, model_dir: Path, identity: dict,
                  feature_shape: tuple[int, int], offline: OfflineTraining | None = None,
-                 base_training: OfflineTraining | None = None):
+                 base_training: OfflineTraining | None = None, autosave: Autosave | None = None,
+                 keep: int | None = None):
         self.model, self.train_loader, self.test_loader = model, train_loader, test_loader
         self.model_dir, self.identity, self.feature_shape = Path(model_dir), identity, tuple(feature_shape)
         self.offline, self.base_training = offline, base_training
+        self.autosave, self.keep = autosave, keep
+        self.accuracies: dict | None = None  # as of the last saved point (what a mid-increment state carries)
+        self.resume_at: dict | None = None   # where a mid-increment state stopped: segment, batches, loss
 
     def completed(self, points) -> int | None:
         done = [p for p in points if (self.model_dir / f"remind_buffer_{p}.pth").is_file()]
@@ -197,13 +232,24 @@ class REMINDStream:
 
     def restore(self, point: int, folder: Path | None = None) -> dict:
         folder = Path(folder or self.model_dir)
-        print(f"resuming from {folder}/remind_buffer_{point}.pth", flush=True)
-        meta = self.model.resume(point, str(folder), self.identity)
+        partial = self.model_dir / PARTIAL
+        if folder == self.model_dir and partial.is_file() and load_state(partial)[1].get("inc") == point:
+            meta = self.model.load_state(partial, self.identity, f"deleting {PARTIAL} makes a rerun resume from "
+                                                                 f"remind_buffer_{point}.pth")
+            self.resume_at = {k: meta[k] for k in ("segment", "batches", "loss_total", "count")}
+            print(f"resuming from {partial}: {meta['count']} examples of segment {meta['segment'][0]}-"
+                  f"{meta['segment'][1] - 1} already learnt", flush=True)
+        else:
+            if partial.is_file():  # from before the latest increment state: superseded
+                partial.unlink()
+            print(f"resuming from {folder}/remind_buffer_{point}.pth", flush=True)
+            meta = self.model.resume(point, str(folder), self.identity)
         saved = tuple(self.model.replay_buffer.code_shape[:2])
         if saved != self.feature_shape:
             raise CheckpointError(f"{folder} holds codes of {saved[0]}x{saved[1]} feature maps but G gives "
                                   f"{self.feature_shape[0]}x{self.feature_shape[1]} at this --image_size; use the "
                                   "run's --image_size or another --save_dir")
+        self.accuracies = meta["accuracies"]
         return meta["accuracies"]
 
     def _train_offline(self, schedule: OfflineTraining, label: str = "offline") -> None:
@@ -224,15 +270,45 @@ class REMINDStream:
             self.model.store_incremental_batch(self.train_loader(start, end))
             self._train_offline(self.offline)
         else:
-            loss = self.model.fit_incremental_batch(self.train_loader(start, end))
+            loader, first, so_far = self.train_loader(start, end), 0, (0.0, 0)
+            if self.resume_at is not None and tuple(self.resume_at["segment"]) == (start, end):
+                first, so_far = self.resume_at["batches"], (self.resume_at["loss_total"], self.resume_at["count"])
+                loader = remaining_batches(loader, first)
+            self.resume_at = None
+            hook = None
+            if self.autosave is not None:
+                def hook(batches: int, loss_total: float, count: int) -> None:
+                    self.autosave.tick(lambda: self._save_partial(start, end, batches, loss_total, count))
+            loss = self.model.fit_incremental_batch(loader, between_batches=hook, first_batch=first,
+                                                    loss_so_far=so_far)
             print(f"mean streaming loss {loss:.4f}", flush=True)
+
+    def _save_partial(self, start: int, end: int, batches: int, loss_total: float, count: int) -> str:
+        """The run state after ``batches`` batches of segment ``[start, end)``; returns where it went."""
+        path = self.model_dir / PARTIAL
+        self.model.save_state(path, {"inc": start, "segment": [start, end], "batches": batches,
+                                     "loss_total": loss_total, "count": count, "accuracies": self.accuracies},
+                              self.identity)
+        return f"{path}, {count} examples into segment {start}-{end - 1}"
 
     def predict(self, end: int) -> tuple[np.ndarray, np.ndarray]:
         _, probas, labels = self.model.predict(self.test_loader(end))
         return probas, labels
 
     def checkpoint(self, end: int, accuracies: dict) -> None:
+        """F's file, then the increment's run state (its presence marks the point done), then the older
+        states beyond ``keep`` and the superseded mid-increment state are removed."""
         self.model.save(end, str(self.model_dir), {"accuracies": accuracies}, self.identity)
+        self.accuracies = accuracies
+        (self.model_dir / PARTIAL).unlink(missing_ok=True)
+        states = sorted((int(p.stem.rsplit("_", 1)[1]), p) for p in self.model_dir.glob("remind_buffer_*.pth")
+                        if p.stem.rsplit("_", 1)[1].isdigit())
+        if self.keep is not None:
+            for _, old in states[:-self.keep]:
+                old.unlink()
+        if self.autosave is not None:
+            self.autosave.saved()
+            self.autosave.stop_point(f"{self.model_dir}/remind_buffer_{end}.pth")
 
 
 def feature_shape(model: REMINDModel, image_size: int, spatial_feat_dim: int | None = None) -> tuple[int, int]:

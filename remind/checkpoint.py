@@ -37,6 +37,18 @@ def atomic_write(path: str | os.PathLike, write, mode: str = "wb") -> None:
         raise
 
 
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete what :func:`atomic_write` leaves in ``folder`` when the process dies mid-write
+    (``.<name>.<random>.tmp``); call it at the start of a run, before anything writes there."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.glob(".*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink()
+    return stale
+
+
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     """``torch.save`` through :func:`atomic_write`."""
     atomic_write(path, lambda handle: torch.save(obj, handle))

@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 
+from remind.autosave import StopRequested
 from remind.checkpoint import CheckpointError
 
 # Errors about the user's input (paths, flags, data files, checkpoints). Anything else is a bug and keeps
@@ -38,4 +39,7 @@ def run_main(body: Callable[[], int | None], extra_errors: tuple[type[BaseExcept
     except INPUT_ERRORS + extra_errors as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
+    except StopRequested as stop:  # SIGINT / SIGTERM: the state was saved at a safe point
+        print(str(stop), file=sys.stderr, flush=True)
+        return stop.exit_code
     return 0 if code is None else int(code)

@@ -128,9 +128,9 @@ def ckpt(ckpts) -> Path:
 
 @pytest.fixture(scope="session")
 def full_run(digits, ckpt, tmp_path_factory) -> Path:
-    """Dir A: an uninterrupted run to 10 classes."""
+    """Dir A: an uninterrupted run to 10 classes, every increment's state kept (the original's layout)."""
     save_dir = tmp_path_factory.mktemp("run_A") / "A"
-    assert ie.main(argv_for(digits, ckpt, save_dir)) == 0
+    assert ie.main(argv_for(digits, ckpt, save_dir, "--keep_checkpoints", "all")) == 0
     return save_dir
 
 
@@ -208,8 +208,9 @@ def test_interrupted_then_resumed_equals_uninterrupted(full_run, digits, ckpt, t
     b_dir = tmp_path / "B"
     assert ie.main(argv_for(digits, ckpt, b_dir, "--streaming_max_class", "6")) == 0
     model_dir = b_dir / "remind_model"
+    # by default only the latest increment's state is kept, and every increment's F
     assert sorted(p.name for p in model_dir.iterdir()) == [
-        "remind_buffer_4.pth", "remind_buffer_6.pth", "remind_classifier_F_4.pth", "remind_classifier_F_6.pth"]
+        "remind_buffer_6.pth", "remind_classifier_F_4.pth", "remind_classifier_F_6.pth"]
     assert not (b_dir / "preds_min_trained_0_max_trained_8.pth").exists()
     assert ie.main(argv_for(digits, ckpt, b_dir)) == 0
     for k in POINTS:
@@ -241,7 +242,7 @@ def test_resume_full_path_into_fresh_dir_equals_uninterrupted(full_run, digits, 
     assert (json.loads((full_run / "accuracies_min_trained_0_max_trained_10.json").read_text())
             == json.loads((c_dir / "accuracies_min_trained_0_max_trained_10.json").read_text()))
     assert sorted(p.name for p in (c_dir / "remind_model").iterdir()) == [
-        "remind_buffer_10.pth", "remind_buffer_8.pth", "remind_classifier_F_10.pth", "remind_classifier_F_8.pth"]
+        "remind_buffer_10.pth", "remind_classifier_F_10.pth", "remind_classifier_F_8.pth"]
 
 
 def test_rerun_of_crashed_resume_full_path_run_continues_from_its_own_checkpoint(full_run, digits, ckpt, tmp_path,

@@ -35,7 +35,9 @@ import torch.nn as nn
 
 from remind import budget, reporting
 from remind.buffer import ReplayBuffer, SharedCodes
-from remind.checkpoint import atomic_write_text, load_run_state, rng_from_json, rng_state_to_json, save_run_state
+from remind.autosave import Autosave
+from remind.checkpoint import (atomic_write_text, load_run_state, remove_stale_temporaries, rng_from_json,
+                               rng_state_to_json, save_run_state)
 from remind.cli import check_device, default_device, run_main
 from remind.learner import ReplayBatch, StreamingLearner
 from vqa_experiments.configs import get_config, override
@@ -73,6 +75,9 @@ def get_parser() -> argparse.ArgumentParser:
                         help="GloVe text file (or .npy matrix) to initialise word embeddings; default random")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a config field, e.g. --set max_epochs=5 (repeatable)")
+    parser.add_argument("--checkpoint_every_minutes", type=float, default=10.0,
+                        help="also save checkpoint.pt between boundaries this often while streaming (fractions "
+                             "allowed; 0: only at boundaries); SIGINT/SIGTERM save it too (10)")
     parser.add_argument("--dry_run", action="store_true",
                         help="check the data and settings, print the budget table (buffer, device memory, "
                              "checkpoint and disk bytes) and exit, writing nothing")
@@ -312,7 +317,8 @@ def make_buffer(args, data: VQAData) -> ReplayBuffer:
                         shared_codes=data.shared_codes())
 
 
-def streaming(args, config, data: VQAData, model: VQAModel, out_dir: Path, identity: dict) -> dict:
+def streaming(args, config, data: VQAData, model: VQAModel, out_dir: Path, identity: dict,
+              autosave: Autosave | None = None) -> dict:
     order = data.order
     buffer = make_buffer(args, data) if args.stream_with_rehearsal else None
     replays = config.replays_per_step if args.stream_with_rehearsal else 0
@@ -337,8 +343,16 @@ def streaming(args, config, data: VQAData, model: VQAModel, out_dir: Path, ident
         accuracy, predictions = model.evaluate()
         record(out_dir, summary, position, order.segment_names[0], accuracy, predictions, data.val.qid)
         save_checkpoint(ckpt, model, learner, None, position, summary, identity, 0)
+        if autosave is not None:
+            autosave.saved()
+            autosave.stop_point(str(ckpt))
     start, end = time.time(), order.boundaries[-1]
     boundary_index = {b: k for k, b in enumerate(order.boundaries)}
+    segment = int(np.searchsorted(order.boundaries, position, side="right"))  # the one being streamed
+
+    def save_here(done: int) -> str:  # between boundaries: the summary is the last boundary's
+        save_checkpoint(ckpt, model, learner, None, done, summary, identity, segment)
+        return f"{ckpt}, after {done} questions"
     for position in range(position, end):
         row = int(order.rows[position])
         learner.step(data.image_codes(row), int(data.train.aidx[row]), row, model.replay_loss)
@@ -350,10 +364,17 @@ def streaming(args, config, data: VQAData, model: VQAModel, out_dir: Path, ident
             record(out_dir, summary, done, order.segment_names[boundary_index[done]], accuracy, predictions,
                    data.val.qid)
             save_checkpoint(ckpt, model, learner, None, done, summary, identity, boundary_index[done])
+            segment = boundary_index[done] + 1
+            if autosave is not None:
+                autosave.saved()
+                autosave.stop_point(str(ckpt))
+        elif autosave is not None:
+            autosave.tick(lambda: save_here(done))
     return summary
 
 
-def offline(args, config, data: VQAData, out_dir: Path, identity: dict, glove) -> dict:
+def offline(args, config, data: VQAData, out_dir: Path, identity: dict, glove,
+            autosave: Autosave | None = None) -> dict:
     """``--full``: a fresh network trained offline on everything up to each boundary."""
     order = data.order
     ckpt = out_dir / CHECKPOINT
@@ -371,6 +392,8 @@ def offline(args, config, data: VQAData, out_dir: Path, identity: dict, glove) -
         accuracy, predictions = model.evaluate()
         record(out_dir, summary, boundary, order.segment_names[k], accuracy, predictions, data.val.qid)
         save_checkpoint(ckpt, model, None, rng, boundary, summary, identity, k)
+        if autosave is not None:
+            autosave.stop_point(str(ckpt))
     return summary
 
 
@@ -445,6 +468,8 @@ def prepare(args):
         if not args.stream_with_rehearsal:
             raise ValueError("--rehearsal_mode limited_buffer only applies to --stream_with_rehearsal")
     check_device(args.device)
+    if args.checkpoint_every_minutes < 0:
+        raise ValueError(f"--checkpoint_every_minutes must be >= 0, got {args.checkpoint_every_minutes}")
     data = VQAData(args, config)
     config = dataclasses.replace(config, num_classes=data.num_classes)
     glove = None
@@ -482,14 +507,18 @@ def main(argv=None) -> int:
         if not args.skip_disk_check:
             plan.check_disk()
         out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_temporaries(out_dir):
+            print(f"removed {stale}, left by a save that was interrupted", flush=True)
         print(f"git commit {reporting.git_commit()}; {run_mode(args)} on {config.dataset} ({config.model}), "
               f"{len(data.train)} train / {len(data.val)} val questions, {data.num_classes} answers, "
               f"codes {data.code_shape}, device {data.device}", flush=True)
         torch.manual_seed(args.seed)
-        if args.full:
-            summary = offline(args, config, data, out_dir, identity, glove)
-        else:
-            summary = streaming(args, config, data, VQAModel(args, config, data, glove), out_dir, identity)
+        with Autosave(args.checkpoint_every_minutes) as autosave:
+            if args.full:
+                summary = offline(args, config, data, out_dir, identity, glove, autosave)
+            else:
+                summary = streaming(args, config, data, VQAModel(args, config, data, glove), out_dir, identity,
+                                    autosave)
         print(per_type_table(summary))
     return run_main(body)
 
