@@ -211,6 +211,46 @@ def bench_encode(device: torch.device, seed: int) -> dict:
     return out
 
 
+IMAGENET_VAL = 50_000
+
+
+def bench_eval(device: torch.device, seed: int, workdir: Path, images: int = 64) -> dict:
+    """One evaluation, per test image: from the images (JPEG decode and resize, G, encode, decode, F: every
+    evaluation before the stored test codes) vs from stored codes (decode, F: every evaluation after base
+    init now), projected to ImageNet's 50,000 validation images (x 10 evaluations in a run)."""
+    from PIL import Image
+
+    from image_classification_experiments.utils_imagenet import eval_transform
+
+    model = REMINDModel(NUM_CLASSES, device=str(device), num_samples=50)
+    model.start_from(PQCodec(random_centroids(seed), device=device), CODE_SHAPE)
+    rng = np.random.default_rng(seed)
+    jpeg = workdir / "val.jpg"  # ImageNet's typical 500 x 375 JPEG
+    Image.fromarray(rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)).save(jpeg, quality=90)
+    transform = eval_transform(224)
+
+    def load_one():
+        with Image.open(jpeg) as image:
+            return transform(image.convert("RGB"))
+    batch = torch.stack([load_one() for _ in range(images)])
+    codes = model.pq.encode_maps(model._features(batch.to(device)))
+    with torch.no_grad():
+        from_images = median_time(lambda: model.predict([(batch, torch.zeros(images, dtype=torch.long))]), 3,
+                                  device, warmup=1) / images
+        from_codes = median_time(lambda: model.predict_codes(codes, images), 3, device, warmup=1) / images
+    jpeg_s = median_time(load_one, 20, device, warmup=2)
+    out = {"images": images, "jpeg_decode_ms": jpeg_s * 1e3, "from_images_ms": (from_images + jpeg_s) * 1e3,
+           "from_codes_ms": from_codes * 1e3, "speedup": (from_images + jpeg_s) / from_codes,
+           "imagenet_val_from_images_s": (from_images + jpeg_s) * IMAGENET_VAL,
+           "imagenet_val_from_codes_s": from_codes * IMAGENET_VAL}
+    print(f"\n== One evaluation on {device}, per test image (batches of {images})")
+    print(f"from the images (JPEG decode {out['jpeg_decode_ms']:.2f} ms, one core + G, encode, decode, F): "
+          f"{out['from_images_ms']:.2f} ms -> {out['imagenet_val_from_images_s'] / 60:.1f} min for 50,000")
+    print(f"from stored codes (decode, F): {out['from_codes_ms']:.2f} ms -> "
+          f"{out['imagenet_val_from_codes_s'] / 60:.1f} min for 50,000 ({out['speedup']:.1f}x)")
+    return out
+
+
 def bench_stream(args, device: torch.device, workdir: Path) -> dict:
     seed = args.seed
     torch.manual_seed(seed)
@@ -474,7 +514,7 @@ def parse_args(argv=None):
                         help=f"buffer entries for the checkpoint timing, scaled to {IMAGENET_BUFFER:,} "
                              f"(default {IMAGENET_BUFFER:,})")
     parser.add_argument("--inserts", type=int, default=2000, help="timed inserts per buffer size (ours)")
-    sections = ["vqa", "vqa_batch", "vqa_buffer", "encode", "stream", "buffer", "checkpoint"]
+    sections = ["vqa", "vqa_batch", "vqa_buffer", "encode", "eval", "stream", "buffer", "checkpoint"]
     parser.add_argument("--sections", nargs="+", default=sections, choices=sections)
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--seed", type=int, default=0)
@@ -661,6 +701,8 @@ def main(argv=None) -> int:
                 out[key] = out["vqa_buffer"][key]
         if "encode" in args.sections:
             out["encode_ms"] = bench_encode(device, args.seed)
+        if "eval" in args.sections:
+            out["eval"] = bench_eval(device, args.seed, workdir)
         if "stream" in args.sections:
             out["stream"] = bench_stream(args, device, workdir)
             out["speedup_vs_reference"] = out["stream"]["speedup_end_to_end"]

@@ -40,15 +40,16 @@ VQA_SIZES = {
 VQA_CHANNELS = {"CLEVR": 1024, "TDIUC": 2048}
 
 
-def imagenet_table() -> budget.Budget:
+def imagenet_table(keep: int | None = 1) -> budget.Budget:
     """run_imagenet_experiment.sh: 100 base-init classes, then 9 increments of 100, buffer 959,665."""
     config = PRESETS["imagenet_paper"]
     model = REMINDModel(classifier_ckpt=None, device="cpu", config=config)
     spec = StreamSpec.class_increments(100, 100, IMAGENET_CLASSES)
     seen = [round(IMAGENET_TRAIN * end / IMAGENET_CLASSES) for end in spec.points]
     evaluated = [IMAGENET_VAL * end // IMAGENET_CLASSES for end in spec.points]
-    return stream_budget("ImageNet, the paper's settings (run_imagenet_experiment.sh)", spec, seen, evaluated, model,
-                         feature_shape(model, 224), None)
+    return stream_budget("ImageNet, the paper's settings (run_imagenet_experiment.sh"
+                         + (", --keep_checkpoints all)" if keep is None else ")"), spec, seen, evaluated, model,
+                         feature_shape(model, 224), None, keep)
 
 
 def vqa_table(name: str) -> budget.Budget:
@@ -68,12 +69,12 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="also write the tables here")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    tables = [imagenet_table(), vqa_table("CLEVR"), vqa_table("TDIUC")]
+    tables = [imagenet_table(), imagenet_table(None), vqa_table("CLEVR"), vqa_table("TDIUC")]
     for table in tables:
         print(table.table() + "\n")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({t.title: dict(t.rows) | {"written_bytes": t.write_bytes}
+        Path(args.json).write_text(json.dumps({t.title: dict(t.rows) | {"disk_bytes": t.disk_bytes}
                                                for t in tables}, indent=1))
     return 0
 

@@ -275,6 +275,26 @@ class REMINDModel:
         labels = torch.cat(all_labels).numpy() if all_labels else np.zeros(0, np.int64)
         return probas.argmax(1), probas, labels
 
+    @torch.no_grad()
+    def encode_images(self, data_loader) -> tuple[np.ndarray, torch.Tensor]:
+        """Example ids ``(N,)`` and codes ``(N, H, W, M)`` uint8 (on the CPU) of a loader's images."""
+        ids, codes = [], []
+        for images, _, batch_ids in data_loader:
+            codes.append(self.pq.encode_maps(self._features(images), self.config.pq_backend).cpu())
+            ids.append(batch_ids.numpy())
+        if not codes:
+            return np.zeros(0, np.int64), torch.zeros((0, *self.replay_buffer.code_shape), dtype=torch.uint8)
+        return np.concatenate(ids).astype(np.int64), torch.cat(codes)
+
+    @torch.no_grad()
+    def predict_codes(self, codes: torch.Tensor, batch_size: int) -> np.ndarray:
+        """Softmax probabilities ``(N, num_classes)`` float32 from stored codes ``(N, H, W, M)``, decoded and
+        classified ``batch_size`` at a time (the batches :meth:`predict` would use on the same examples)."""
+        self.classifier_F.eval()
+        probas = [torch.softmax(self.classifier_F(self.pq.decode_maps(codes[i:i + batch_size].to(self.device))),
+                                dim=1).float().cpu() for i in range(0, len(codes), batch_size)]
+        return torch.cat(probas).numpy() if probas else np.zeros((0, self.num_classes), np.float32)
+
     # ------------------------------------------------------------ checkpoints
     def save(self, inc: int, save_full_path: str, extra_meta: dict | None = None,
              identity: dict | None = None) -> None:

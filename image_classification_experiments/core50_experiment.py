@@ -165,7 +165,8 @@ def run_budget(args, train: Core50Split, test: Core50Split, save_dir: Path):
         model = REMINDModel(classifier_ckpt=None, device=args.device, config=config)
     evaluated = [int(np.isin(test.labels, np.unique(train.labels[stream[:end]])).sum()) for end in spec.points]
     return stream_budget(f"preflight: {args.expt_name} ({args.order}, seed {args.permutation_seed})", spec,
-                         list(spec.points), evaluated, model, feature_shape(model, args.image_size), save_dir)
+                         list(spec.points), evaluated, model, feature_shape(model, args.image_size), save_dir,
+                         keep_policy(args.keep_checkpoints))
 
 
 def streaming(args, model: REMINDModel, train: Core50Split, test: Core50Split, save_dir: Path) -> dict:
@@ -187,7 +188,8 @@ def streaming(args, model: REMINDModel, train: Core50Split, test: Core50Split, s
     autosave = Autosave(args.checkpoint_every_minutes)
     method = REMINDStream(model, train_loader, test_loader, save_dir / "remind_model", identity,
                           feature_shape(model, args.image_size), base_training=base_training, autosave=autosave,
-                          keep=keep_policy(args.keep_checkpoints))
+                          keep=keep_policy(args.keep_checkpoints),
+                          eval_from_images=args.eval_from_images)
     files = ResultFiles(save_dir, f"REMIND {args.order} seed {args.permutation_seed}", prefix=f"core50_{args.order}_",
                         plot_name=f"core50_{args.order}_accuracy_curve.png", xlabel="training frames streamed")
     with autosave:

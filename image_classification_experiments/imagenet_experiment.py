@@ -93,6 +93,9 @@ def learner_args_parser() -> argparse.ArgumentParser:
                    help="increment states remind_buffer_<K>.pth kept: the latest N, or 'all' (the original's "
                         "layout, one per increment, about 1.5 GB each on ImageNet); each increment's F, "
                         "accuracies and predictions are always kept (1)")
+    g.add_argument("--eval_from_images", action="store_true",
+                   help="run G over the test images at every evaluation (the original's way) instead of "
+                        "encoding each test image once and keeping its codes (remind_model/eval_codes.pth)")
     return p
 
 
@@ -213,7 +216,8 @@ def run_budget(args, model: REMINDModel, spec: StreamSpec, save_dir: Path):
     evaluated = [int(np.count_nonzero((val >= args.min_class) & (val < end))) for end in spec.points]
     return stream_budget(f"preflight: {args.expt_name} ({run_mode(args)}), classes {args.min_class}-"
                          f"{spec.points[-1] - 1}", spec, seen, evaluated, model,
-                         feature_shape(model, args.image_size, args.spatial_feat_dim), save_dir)
+                         feature_shape(model, args.image_size, args.spatial_feat_dim), save_dir,
+                         keep_policy(args.keep_checkpoints))
 
 
 def run_mode(args) -> str:
@@ -238,7 +242,8 @@ def streaming(args, model: REMINDModel, spec: StreamSpec, save_dir: Path) -> dic
     autosave = Autosave(args.checkpoint_every_minutes)
     method = REMINDStream(model, train, lambda end: val(args.min_class, end), save_dir / "remind_model",
                           {"mode": run_mode(args)}, feature_shape(model, args.image_size, args.spatial_feat_dim),
-                          offline=offline, autosave=autosave, keep=keep_policy(args.keep_checkpoints))
+                          offline=offline, autosave=autosave, keep=keep_policy(args.keep_checkpoints),
+                          eval_from_images=args.eval_from_images)
     seed_from = None
     if args.resume_full_path is not None:
         point = args.base_init_classes if args.streaming_min_class is None else args.streaming_min_class

@@ -11,7 +11,9 @@ accuracy is computed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -24,7 +26,7 @@ from image_classification_experiments.REMINDModel import REMINDModel
 from remind import budget, reporting
 from remind.autosave import Autosave
 from remind.checkpoint import CheckpointError, atomic_torch_save, atomic_write_text, load_state, \
-    remove_stale_temporaries
+    remove_stale_temporaries, save_state
 from remind.metrics import topk_accuracy
 
 ACCURACY_KEYS = ("base_classes_top1", "non_base_classes_top1", "seen_classes_top1",
@@ -176,6 +178,58 @@ class OfflineTraining:
 
 
 PARTIAL = "remind_partial.pth"  # the run state inside an increment (mid-segment checkpoint)
+EVAL_CODES = "eval_codes.pth"   # the test examples' codes, computed once
+
+
+class EvalCodes:
+    """The test examples' codes, computed once: after base initialisation G and the codebooks are frozen, so
+    an example's codes never change and each evaluation only decodes them and runs F. Kept on disk next to
+    the run's checkpoints (78 MB for ImageNet's 50,000 validation images) with the codebooks' fingerprint;
+    a resumed run reuses them, a file from other codebooks is ignored.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.ids = np.zeros(0, np.int64)
+        self.codes: torch.Tensor | None = None
+        self.fingerprint: str | None = None
+
+    @staticmethod
+    def fingerprint_of(model: REMINDModel) -> str:
+        return hashlib.sha256(model.pq.centroids.detach().cpu().numpy().tobytes()).hexdigest()
+
+    def _load(self, fingerprint: str) -> None:
+        self.fingerprint = fingerprint
+        if self.path.is_file():
+            try:
+                tensors, meta = load_state(self.path, "stored test codes")
+            except CheckpointError:
+                return  # recomputed and rewritten below
+            if meta.get("codebooks") == fingerprint:
+                self.ids, self.codes = tensors["ids"].numpy().astype(np.int64), tensors["codes"]
+
+    def codes_for(self, model: REMINDModel, loader) -> tuple[torch.Tensor, int]:
+        """Codes of every example of ``loader`` (in its order), encoding those not stored yet with G;
+        returns them and how many went through G."""
+        fingerprint = self.fingerprint_of(model)
+        if fingerprint != self.fingerprint:
+            self._load(fingerprint)
+        wanted = np.asarray(loader.dataset.indices, dtype=np.int64)
+        order = np.argsort(self.ids, kind="stable")
+        known = self.ids[order]
+        where = np.minimum(np.searchsorted(known, wanted), max(len(known) - 1, 0))
+        found = known[where] == wanted if len(known) else np.zeros(len(wanted), bool)
+        missing = np.nonzero(~found)[0]
+        if len(missing):
+            subset = DataLoader(Subset(loader.dataset, missing.tolist()), batch_size=loader.batch_size,
+                                shuffle=False, num_workers=loader.num_workers, collate_fn=loader.collate_fn)
+            new_ids, new_codes = model.encode_images(subset)
+            self.ids = np.concatenate([self.ids, new_ids])
+            self.codes = new_codes if self.codes is None else torch.cat([self.codes, new_codes])
+            save_state(self.path, {"ids": torch.from_numpy(self.ids), "codes": self.codes},
+                       {"codebooks": fingerprint})
+            return self.codes_for(model, loader)[0], len(missing)
+        return self.codes[order[where]], 0
 
 
 def remaining_batches(loader: DataLoader, skip: int) -> DataLoader:
@@ -213,16 +267,19 @@ class REMINDStream:
         autosave: saves the run state inside an increment (``remind_partial.pth``) on its timer and on
             SIGINT/SIGTERM, between batches of the stream; None: only after each increment.
         keep: increment states (``remind_buffer_<end>.pth``) kept, the latest ones; None keeps all.
+        eval_from_images: run G over the test images at every evaluation instead of storing their codes
+            once (:class:`EvalCodes`); same predictions, for checking.
     """
 
     def __init__(self, model: REMINDModel, train_loader, test_loader, model_dir: Path, identity: dict,
                  feature_shape: tuple[int, int], offline: OfflineTraining | None = None,
                  base_training: OfflineTraining | None = None, autosave: Autosave | None = None,
-                 keep: int | None = None):
+                 keep: int | None = None, eval_from_images: bool = False):
         self.model, self.train_loader, self.test_loader = model, train_loader, test_loader
         self.model_dir, self.identity, self.feature_shape = Path(model_dir), identity, tuple(feature_shape)
         self.offline, self.base_training = offline, base_training
         self.autosave, self.keep = autosave, keep
+        self.eval_codes = None if eval_from_images else EvalCodes(self.model_dir / EVAL_CODES)
         self.accuracies: dict | None = None  # as of the last saved point (what a mid-increment state carries)
         self.resume_at: dict | None = None   # where a mid-increment state stopped: segment, batches, loss
 
@@ -292,8 +349,17 @@ class REMINDStream:
         return f"{path}, {count} examples into segment {start}-{end - 1}"
 
     def predict(self, end: int) -> tuple[np.ndarray, np.ndarray]:
-        _, probas, labels = self.model.predict(self.test_loader(end))
-        return probas, labels
+        started, loader = time.perf_counter(), self.test_loader(end)
+        if self.eval_codes is None:
+            _, probas, labels = self.model.predict(loader)
+            through_g = len(labels)
+        else:
+            codes, through_g = self.eval_codes.codes_for(self.model, loader)
+            probas = self.model.predict_codes(codes, loader.batch_size)
+            labels = np.asarray(loader.dataset.labels)[np.asarray(loader.dataset.indices, dtype=np.int64)]
+        print(f"evaluation: {len(labels)} test examples ({through_g} through G), "
+              f"{time.perf_counter() - started:.2f} s", flush=True)
+        return probas, labels.astype(np.int64)
 
     def checkpoint(self, end: int, accuracies: dict) -> None:
         """F's file, then the increment's run state (its presence marks the point done), then the older
@@ -322,12 +388,13 @@ def feature_shape(model: REMINDModel, image_size: int, spatial_feat_dim: int | N
 
 
 def stream_budget(title: str, spec: StreamSpec, examples_seen: list[int], evaluated: list[int], model: REMINDModel,
-                  map_shape: tuple[int, int], save_dir: Path | None) -> budget.Budget:
+                  map_shape: tuple[int, int], save_dir: Path | None, keep: int | None = 1) -> budget.Budget:
     """The preflight table of a REMIND stream (:mod:`remind.budget`), from the sizes it will reach.
 
     ``examples_seen[k]`` / ``evaluated[k]``: training examples learnt and test examples predicted at
     ``spec.points[k]``. Per point the run writes ``remind_buffer_<k>.pth`` (buffer, F, momentum, codebooks,
-    per-class steps), ``remind_classifier_F_<k>.pth`` (F, momentum) and the softmax predictions (float32).
+    per-class steps; the latest ``keep`` are kept, all with None), ``remind_classifier_F_<k>.pth`` (F,
+    momentum) and the softmax predictions (float32); besides, the test codes once and one mid-increment state.
     """
     config = model.config
     limit = config.max_buffer_size
@@ -358,6 +425,11 @@ def stream_budget(title: str, spec: StreamSpec, examples_seen: list[int], evalua
               " + activations of one step")
     table.add("per checkpoint (largest)", f"remind_buffer {budget.human(max(run_state))}, remind_classifier_F "
                                           f"{budget.human(f_file)}, predictions {budget.human(max(preds))}")
-    table.write_bytes = sum(run_state) + len(stored) * f_file + sum(preds)
+    kept = run_state if keep is None else sorted(run_state)[-keep:]
+    # at the fullest: every increment's small files, the kept states, the one being written (its temporary
+    # file), the mid-increment state, the test codes
+    table.disk_bytes = (len(stored) * f_file + sum(preds) + sum(kept) + 2 * max(run_state)
+                        + evaluated[-1] * code_bytes)
+    table.add("increment states kept", "all (one per increment)" if keep is None else f"the latest {keep}")
     table.add_disk()
     return table

@@ -71,7 +71,7 @@ class Budget:
     """The preflight table: ``rows`` of (what, how much), plus the totals the disk check uses."""
     title: str
     rows: list[tuple[str, str]] = field(default_factory=list)
-    write_bytes: int = 0          # what the whole run writes under save_dir
+    disk_bytes: int = 0           # the most the run holds under save_dir at once
     save_dir: Path | None = None
 
     def add(self, what: str, value) -> None:
@@ -84,8 +84,7 @@ class Budget:
     def add_disk(self) -> None:
         """Rows for the writes and (with a results folder) the free disk; call last."""
         done = 0 if self.save_dir is None else bytes_under(self.save_dir)
-        self.add("written in total by the run", human(self.write_bytes)
-                 + (f" ({human(done)} already there)" if done else ""))
+        self.add("disk needed at most", human(self.disk_bytes) + (f" ({human(done)} already there)" if done else ""))
         if self.save_dir is not None:
             self.add(f"free disk under {self.save_dir}", human(free_bytes(self.save_dir)))
 
@@ -93,7 +92,7 @@ class Budget:
         """Refuse a run whose remaining writes exceed the free disk under its results folder."""
         if self.save_dir is None:
             return
-        need = max(0, self.write_bytes - bytes_under(self.save_dir))
+        need = max(0, self.disk_bytes - bytes_under(self.save_dir))
         free = free_bytes(self.save_dir)
         if need > free:
             raise ValueError(f"the run would write about {human(need)} more under {self.save_dir} but only "

@@ -106,8 +106,14 @@ def save_run_state(path, state: dict, identity: dict, progress: dict) -> None:
 def check_identity(saved: dict, current: dict, where) -> None:
     """Refuse to resume when a setting that changes what is computed differs; names every one."""
     current = json.loads(json.dumps(current))  # tuples become lists, as in the saved JSON
-    differing = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
-    differing.update({k: (v, None) for k, v in saved.items() if k not in current})
+    differing = {}
+    for k in sorted(set(current) | set(saved)):
+        a, b = saved.get(k), current.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):  # a nested config: name its fields, not all of it
+            differing.update({f"{k}.{f}": (a.get(f), b.get(f)) for f in sorted(set(a) | set(b))
+                              if a.get(f) != b.get(f)})
+        elif a != b:
+            differing[k] = (a, b)
     if differing:
         detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in sorted(differing.items()))
         raise CheckpointError(f"{where} belongs to a run with other settings ({detail}); use the same settings, "

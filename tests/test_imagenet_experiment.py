@@ -210,7 +210,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(full_run, digits, ckpt, t
     model_dir = b_dir / "remind_model"
     # by default only the latest increment's state is kept, and every increment's F
     assert sorted(p.name for p in model_dir.iterdir()) == [
-        "remind_buffer_6.pth", "remind_classifier_F_4.pth", "remind_classifier_F_6.pth"]
+        "eval_codes.pth", "remind_buffer_6.pth", "remind_classifier_F_4.pth", "remind_classifier_F_6.pth"]
     assert not (b_dir / "preds_min_trained_0_max_trained_8.pth").exists()
     assert ie.main(argv_for(digits, ckpt, b_dir)) == 0
     for k in POINTS:
@@ -242,7 +242,7 @@ def test_resume_full_path_into_fresh_dir_equals_uninterrupted(full_run, digits, 
     assert (json.loads((full_run / "accuracies_min_trained_0_max_trained_10.json").read_text())
             == json.loads((c_dir / "accuracies_min_trained_0_max_trained_10.json").read_text()))
     assert sorted(p.name for p in (c_dir / "remind_model").iterdir()) == [
-        "remind_buffer_10.pth", "remind_classifier_F_10.pth", "remind_classifier_F_8.pth"]
+        "eval_codes.pth", "remind_buffer_10.pth", "remind_classifier_F_10.pth", "remind_classifier_F_8.pth"]
 
 
 def test_rerun_of_crashed_resume_full_path_run_continues_from_its_own_checkpoint(full_run, digits, ckpt, tmp_path,
@@ -271,6 +271,24 @@ def test_rerun_of_crashed_resume_full_path_run_continues_from_its_own_checkpoint
     assert torch.equal(load_preds(full_run, 10), load_preds(d_dir, 10))
     assert (json.loads((full_run / "accuracies_min_trained_0_max_trained_10.json").read_text())
             == json.loads((d_dir / "accuracies_min_trained_0_max_trained_10.json").read_text()))
+
+
+def test_stored_test_codes_give_the_predictions_of_the_images(full_run, digits, ckpt, tmp_path, capsys):
+    """The test images' codes are computed once (G and the codebooks are frozen after base init); every
+    evaluation from them equals running G over the images again, bit for bit."""
+    codes = load_state(full_run / "remind_model" / "eval_codes.pth")[0]
+    assert sorted(codes["ids"].tolist()) == list(range(len(val_labels(digits))))  # each test image once
+    e_dir = tmp_path / "E"
+    capsys.readouterr()
+    assert ie.main(argv_for(digits, ckpt, e_dir, "--eval_from_images")) == 0
+    out = capsys.readouterr().out
+    assert not (e_dir / "remind_model" / "eval_codes.pth").exists()
+    for k in POINTS:
+        assert torch.equal(load_preds(full_run, k), load_preds(e_dir, k)), k
+        seen = int((val_labels(digits) < k).sum())
+        assert f"evaluation: {seen} test examples ({seen} through G)" in out
+    assert (json.loads((full_run / "accuracies_min_trained_0_max_trained_10.json").read_text())
+            == json.loads((e_dir / "accuracies_min_trained_0_max_trained_10.json").read_text()))
 
 
 # ------------------------------------------------------------------ 3. rerunning a finished run

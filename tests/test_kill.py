@@ -135,6 +135,6 @@ def test_killed_runs_finish_like_an_uninterrupted_one(setup, tmp_path):
                            torch.load(reference / name, weights_only=True)), point
         assert (save_dir / f"accuracies_min_trained_0_max_trained_{point}.json").is_file()
     # bounded disk: one increment state, no mid-increment state, no temporary file left
-    assert sorted(p.name for p in model_dir.iterdir()) == ["remind_buffer_10.pth"] + [
+    assert sorted(p.name for p in model_dir.iterdir()) == ["eval_codes.pth", "remind_buffer_10.pth"] + [
         f"remind_classifier_F_{p}.pth" for p in sorted(POINTS, key=str)]
     assert not list(save_dir.rglob("*.tmp"))

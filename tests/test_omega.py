@@ -104,7 +104,7 @@ def offline_argv(digits: Path, ckpt: Path, save_dir: Path, *extra: str) -> list[
             "--num_classes", str(NUM_CLASSES), "--base_init_classes", str(BASE), "--class_increment",
             str(INCREMENT), "--image_size", "64", "--num_workers", "0", "--device", "cpu", "--codebook_size", "16",
             "--use_random_resized_crops", "--offline_epochs", "3", "--offline_batch_size", "8",
-            "--offline_lr", "0.05", "--save_dir", str(save_dir), *extra]
+            "--offline_lr", "0.05", "--keep_checkpoints", "all", "--save_dir", str(save_dir), *extra]
 
 
 @pytest.fixture(scope="module")

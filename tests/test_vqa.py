@@ -1045,3 +1045,65 @@ def test_dry_run_prints_the_budget_and_writes_nothing(data, tmp_path, capsys):
     assert line.split("buffer at its largest")[1].strip().startswith("30 questions x 10 B = 300 B, referring to "
                                                                      f"{len(codes):,} images' codes")
     assert "dry run: every check passed; nothing was written" in out
+
+
+def test_killed_vqa_run_finishes_like_an_uninterrupted_one(data, trained, tmp_path):
+    """The real trainer in a subprocess: SIGKILL right after a mid-segment checkpoint.pt is written and at
+    seeded random times, SIGTERM once, then reruns until it finishes: summary and every results file equal
+    the uninterrupted run's."""
+    import random
+    import signal
+    import time
+
+    reference = trained("clevr", "qtype", "stream_with_rehearsal")
+    out = tmp_path / "killed"
+    argv = [sys.executable, "-m", "vqa_experiments.vqa_trainer",
+            *trainer_argv(data, "clevr", "qtype", "stream_with_rehearsal", out),
+            "--checkpoint_every_minutes", "0.001"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    ckpt = out / "checkpoint.pt"
+    mtime = lambda: ckpt.stat().st_mtime_ns if ckpt.exists() else 0  # noqa: E731
+    rng, outcomes, outputs = random.Random(11), [], []
+
+    def run(stop=None):
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if stop is not None:
+            stop(proc)
+        text, _ = proc.communicate(timeout=600)
+        outcomes.append(proc.returncode)
+        outputs.append(text)
+
+    def after_a_save(signum):
+        def stop(proc):
+            before, deadline = mtime(), time.monotonic() + 300
+            while proc.poll() is None and time.monotonic() < deadline:
+                if mtime() not in (0, before):
+                    proc.send_signal(signum)
+                    return
+                time.sleep(0.002)
+        return stop
+
+    def at_random(proc):
+        try:
+            proc.wait(timeout=rng.uniform(3.0, 8.0))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+
+    run(after_a_save(signal.SIGKILL))
+    run(after_a_save(signal.SIGTERM))
+    if outcomes[-1] != 0:
+        assert outcomes[-1] == 128 + signal.SIGTERM and "stopped by SIGTERM" in outputs[-1], outputs[-1][-2000:]
+    run(at_random)
+    for _ in range(5):
+        run()
+        if outcomes[-1] == 0:
+            break
+    assert outcomes[-1] == 0, outputs[-1][-3000:]
+    assert -signal.SIGKILL in outcomes, outcomes
+    assert any("resuming" in text for text in outputs)
+    summary = load_json(out / "summary.json")
+    assert summary == load_json(reference / "summary.json")
+    for boundary in summary["boundaries"]:
+        name = f"results_boundary_{boundary}.json"
+        assert load_json(out / name) == load_json(reference / name)
+    assert not list(out.glob(".*.tmp"))

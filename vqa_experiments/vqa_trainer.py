@@ -436,7 +436,8 @@ def vqa_budget(title: str, mode: str, train_questions: int, val_questions: int, 
                                " + activations of one step")
     table.add("per checkpoint", f"checkpoint.pt {budget.human(checkpoint)} (rewritten each boundary), "
                                 f"predictions {budget.human(results)} per boundary")
-    table.write_bytes = 2 * checkpoint + boundaries * (results + 200_000)
+    # checkpoint.pt and the copy that replaces it, the predictions of every boundary, summary, log and plot
+    table.disk_bytes = 2 * checkpoint + boundaries * results + 200_000
     table.add_disk()
     return table
 
@@ -496,7 +497,8 @@ def main(argv=None) -> int:
         config, data, glove = prepare(args)
         out_dir = Path(args.output_dir or Path("snapshots") / args.expt_name)
         identity = {k: (run_mode(args) if k == "mode" else getattr(args, k)) for k in RUN_IDENTITY}
-        identity["config"] = dataclasses.asdict(config)
+        # what changes the computation (expects_glove only decides whether to warn)
+        identity["config"] = {k: v for k, v in dataclasses.asdict(config).items() if k != "expects_glove"}
         if (out_dir / CHECKPOINT).exists():
             load_checkpoint(out_dir / CHECKPOINT, identity)  # refuse a different run's folder before writing
         plan = run_budget(args, config, data, out_dir)
