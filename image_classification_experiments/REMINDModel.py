@@ -313,18 +313,20 @@ class REMINDModel:
         save_run_state(path, state, {**self.settings, **(identity or {})},
                        {"code_shape": list(self.replay_buffer.code_shape), **progress})
 
-    def resume(self, inc: int, resume_full_path: str, identity: dict | None = None) -> dict:
+    def resume(self, inc: int, resume_full_path: str, identity: dict | None = None,
+               allow_changes: bool = False) -> dict:
         """Load the state saved by :meth:`save` for increment ``inc``; returns its metadata."""
         path = Path(resume_full_path) / f"remind_buffer_{inc}.pth"
         meta = self.load_state(path, identity, f"deleting remind_buffer_{inc}.pth makes a rerun resume from the "
-                                               "increment before")
+                                               "increment before", allow_changes)
         self._rewrite_unreadable_f(Path(resume_full_path) / f"remind_classifier_F_{inc}.pth")
         return meta
 
-    def load_state(self, path: Path, identity: dict | None, if_damaged: str) -> dict:
+    def load_state(self, path: Path, identity: dict | None, if_damaged: str, allow_changes: bool = False) -> dict:
         """Load a run state written by :meth:`save_state`; returns its metadata."""
         try:
-            state, meta = load_run_state(path, {**self.settings, **(identity or {})}, "REMIND run checkpoint")
+            state, meta = load_run_state(path, {**self.settings, **(identity or {})}, "REMIND run checkpoint",
+                                         allow_changes)
         except CheckpointError as exc:
             raise CheckpointError(f"{exc} ({if_damaged})") from None
         centroids = state["learner"]["codec"]["centroids"]

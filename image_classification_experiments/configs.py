@@ -9,6 +9,7 @@ still wins. Plain data in a registry, as ``vqa_experiments/configs``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 
 
@@ -83,6 +84,26 @@ def preset_defaults(name: str) -> dict:
     values = dataclasses.asdict(PRESETS[name])
     return {FLAGS[field]: (str(v) if field == "lr_examples_per_class" else v) for field, v in values.items()
             if field in FLAGS}  # grad_clip has no flag
+
+
+# Settings that do not change what is computed: the torch and faiss encoders give the same codes.
+NOT_IN_IDENTITY = ("pq_backend",)
+
+
+def config_identity(config: REMINDConfig) -> dict:
+    """The config's part of a run's identity (checked on resume)."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_IN_IDENTITY}
+
+
+def file_fingerprint(path: str | None) -> str | None:
+    """sha256 of a file's bytes (a checkpoint or label file in a run's identity); None for no file."""
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def config_from_args(args, **resolved) -> REMINDConfig:

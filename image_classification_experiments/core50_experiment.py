@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from image_classification_experiments import imagenet_experiment as ie
-from image_classification_experiments.configs import config_from_args
+from image_classification_experiments.configs import config_from_args, config_identity, file_fingerprint
 from image_classification_experiments.REMINDModel import REMINDModel
 from image_classification_experiments.resnet_models import build_full_network, load_network_state
 from image_classification_experiments.stream_run import (OfflineTraining, REMINDStream, ResultFiles, StreamSpec,
@@ -36,6 +36,7 @@ from remind.autosave import Autosave
 from remind.checkpoint import CheckpointError, atomic_torch_save
 from remind.cli import run_main
 from remind.pq import check_pq_shape
+from remind.lock import FolderLock
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -181,7 +182,11 @@ def streaming(args, model: REMINDModel, train: Core50Split, test: Core50Split, s
         return core50_loader(test, np.nonzero(np.isin(test.labels, seen))[0], args.batch_size, args.image_size,
                              args.num_workers)
 
-    identity = {"order": args.order, "permutation_seed": args.permutation_seed, "stream_length": len(stream)}
+    identity = {"order": args.order, "permutation_seed": args.permutation_seed, "stream_length": len(stream),
+                **config_identity(model.config), "frame_stride": args.frame_stride, "image_size": args.image_size,
+                "base_init_fraction": args.base_init_fraction, "eval_fraction": args.eval_fraction,
+                "base_init_epochs": args.base_init_epochs, "base_init_batch_size": args.base_init_batch_size,
+                "base_init_lr": args.base_init_lr, "classifier_ckpt_sha256": file_fingerprint(args.classifier_ckpt)}
     # F's 10-way head starts random: train F offline on the base-init codes (the buffer holds exactly them),
     # then stream with a fresh optimizer, as after the ImageNet base initialisation.
     base_training = OfflineTraining(args.base_init_epochs, args.base_init_batch_size, args.base_init_lr)
@@ -189,7 +194,7 @@ def streaming(args, model: REMINDModel, train: Core50Split, test: Core50Split, s
     method = REMINDStream(model, train_loader, test_loader, save_dir / "remind_model", identity,
                           feature_shape(model, args.image_size), base_training=base_training, autosave=autosave,
                           keep=keep_policy(args.keep_checkpoints),
-                          eval_from_images=args.eval_from_images)
+                          eval_from_images=args.eval_from_images, allow_changes=args.allow_changed_settings)
     files = ResultFiles(save_dir, f"REMIND {args.order} seed {args.permutation_seed}", prefix=f"core50_{args.order}_",
                         plot_name=f"core50_{args.order}_accuracy_curve.png", xlabel="training frames streamed")
     with autosave:
@@ -213,12 +218,12 @@ def main(argv=None) -> int:
             return 0
         if not args.skip_disk_check:
             plan.check_disk()
-        save_dir.mkdir(parents=True, exist_ok=True)
-        model = prepare_model(args, adapted, train, save_dir)
-        feature_shape(model, args.image_size)
-        print(f"git commit {reporting.git_commit()}; {len(train)} training and {len(test)} test frames; "
-              "arguments:\n" + json.dumps(vars(args), indent=2, sort_keys=True))
-        streaming(args, model, train, test, save_dir)
+        with FolderLock(save_dir):  # one run per folder
+            model = prepare_model(args, adapted, train, save_dir)
+            feature_shape(model, args.image_size)
+            print(f"git commit {reporting.git_commit()}; {len(train)} training and {len(test)} test frames; "
+                  "arguments:\n" + json.dumps(vars(args), indent=2, sort_keys=True))
+            streaming(args, model, train, test, save_dir)
     return run_main(body)
 
 

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 
-from image_classification_experiments.configs import PRESETS, config_from_args, preset_defaults
+from image_classification_experiments.configs import (PRESETS, config_from_args, config_identity, file_fingerprint,
+                                                      preset_defaults)
 from image_classification_experiments.REMINDModel import REMINDModel
 from image_classification_experiments.stream_run import (ACCURACY_KEYS, OfflineTraining, REMINDStream, ResultFiles,
                                                          StreamSpec, feature_shape, keep_policy, run_stream,
@@ -38,12 +39,13 @@ from image_classification_experiments.stream_run import (ACCURACY_KEYS, OfflineT
 from image_classification_experiments.resnet_models import check_classifier_rows
 from image_classification_experiments.utils_imagenet import (DataError, check_class_range, class_names_by_position,
                                                              default_num_workers, examples_per_class, get_data_loader,
-                                                             load_labels)
+                                                             label_file, load_labels)
 from remind import reporting
 from remind.autosave import Autosave
 from remind.checkpoint import CheckpointError
 from remind.cli import default_device, run_main
 from remind.pq import check_pq_shape
+from remind.lock import FolderLock
 
 __all__ = ["ACCURACY_KEYS", "get_args_parser", "learner_args_parser", "main"]
 
@@ -93,6 +95,9 @@ def learner_args_parser() -> argparse.ArgumentParser:
                    help="increment states remind_buffer_<K>.pth kept: the latest N, or 'all' (the original's "
                         "layout, one per increment, about 1.5 GB each on ImageNet); each increment's F, "
                         "accuracies and predictions are always kept (1)")
+    g.add_argument("--allow_changed_settings", action="store_true",
+                   help="resume a run whose saved settings differ from these (refused otherwise); the "
+                        "differences are recorded in SAVE_DIR/settings_changes.txt")
     g.add_argument("--eval_from_images", action="store_true",
                    help="run G over the test images at every evaluation (the original's way) instead of "
                         "encoding each test image once and keeping its codes (remind_model/eval_codes.pth)")
@@ -180,9 +185,14 @@ def validate_args(args, spec: StreamSpec):
         raise DataError("--offline_epochs must be non-negative, --offline_batch_size and --offline_lr positive")
     if args.offline_epochs and args.max_buffer_size is not None:
         raise DataError("the offline baseline trains on every example seen: drop --max_buffer_size")
+    if args.image_size < 32 or args.batch_size < 1 or args.num_workers < 0:
+        raise DataError("--image_size must be at least 32, --batch_size at least 1 and --num_workers at least 0")
     streaming_min = args.base_init_classes if args.streaming_min_class is None else args.streaming_min_class
     for split in ("train", "val"):
         labels = load_labels(args.images_dir, args.label_dir, split)
+        if len(labels) and labels.max() >= args.num_classes:
+            raise DataError(f"the {split} label files hold label {int(labels.max())}, but F has --num_classes "
+                            f"{args.num_classes} outputs; raise --num_classes or re-create the label files")
         check_class_range(labels, args.min_class, args.base_init_classes, f"base init ({split})")
         if streaming_min < spec.points[-1]:
             check_class_range(labels, streaming_min, spec.points[-1], f"stream ({split})")
@@ -220,6 +230,21 @@ def run_budget(args, model: REMINDModel, spec: StreamSpec, save_dir: Path):
                          keep_policy(args.keep_checkpoints))
 
 
+def run_identity(args, model: REMINDModel) -> dict:
+    """Every setting that changes what the run computes, checked when it resumes: the learner's config, the
+    stream's layout, the offline schedule, and fingerprints of the base-init checkpoint and the label files."""
+    identity = {"mode": run_mode(args), **config_identity(model.config), "image_size": args.image_size,
+                "min_class": args.min_class, "base_init_classes": args.base_init_classes,
+                "class_increment": args.class_increment,
+                "classifier_ckpt_sha256": file_fingerprint(args.classifier_ckpt),
+                "label_files_sha256": [file_fingerprint(label_file(args.label_dir, split))
+                                       for split in ("train", "val")]}
+    if args.offline_epochs:
+        identity.update(offline_epochs=args.offline_epochs, offline_batch_size=args.offline_batch_size,
+                        offline_lr=args.offline_lr)
+    return identity
+
+
 def run_mode(args) -> str:
     return "offline" if args.offline_epochs else "stream"
 
@@ -241,9 +266,9 @@ def streaming(args, model: REMINDModel, spec: StreamSpec, save_dir: Path) -> dic
         if args.offline_epochs else None
     autosave = Autosave(args.checkpoint_every_minutes)
     method = REMINDStream(model, train, lambda end: val(args.min_class, end), save_dir / "remind_model",
-                          {"mode": run_mode(args)}, feature_shape(model, args.image_size, args.spatial_feat_dim),
+                          run_identity(args, model), feature_shape(model, args.image_size, args.spatial_feat_dim),
                           offline=offline, autosave=autosave, keep=keep_policy(args.keep_checkpoints),
-                          eval_from_images=args.eval_from_images)
+                          eval_from_images=args.eval_from_images, allow_changes=args.allow_changed_settings)
     seed_from = None
     if args.resume_full_path is not None:
         point = args.base_init_classes if args.streaming_min_class is None else args.streaming_min_class
@@ -277,9 +302,10 @@ def main(argv=None) -> int:
             return 0
         if not args.skip_disk_check:
             plan.check_disk()
-        save_dir.mkdir(parents=True, exist_ok=True)
-        print(f"git commit {reporting.git_commit()}; arguments:\n" + json.dumps(vars(args), indent=2, sort_keys=True))
-        streaming(args, model, spec, save_dir)
+        with FolderLock(save_dir):  # one run per folder
+            print(f"git commit {reporting.git_commit()}; arguments:\n"
+                  + json.dumps(vars(args), indent=2, sort_keys=True))
+            streaming(args, model, spec, save_dir)
     return run_main(body)
 
 

@@ -29,6 +29,7 @@ from image_classification_experiments.utils_imagenet import (DataError, check_cl
                                                              get_data_loader, load_labels)
 from remind import reporting
 from remind.cli import default_device, run_main
+from remind.lock import FolderLock
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -135,9 +136,10 @@ def main(argv=None) -> int:
     def body():
         spec = validate(args)
         save_dir = Path(args.save_dir)
-        save_dir.mkdir(parents=True, exist_ok=True)
         files = ResultFiles(save_dir, args.expt_name, first=args.min_class)
-        accuracies = run_stream(spec, WholeNetworkOffline(args), files, lambda labels: labels < args.base_init_classes)
+        with FolderLock(save_dir):  # one run per folder
+            accuracies = run_stream(spec, WholeNetworkOffline(args), files,
+                                    lambda labels: labels < args.base_init_classes)
         print(reporting.format_table({args.expt_name: accuracies}, spec.seen_at(len(accuracies["seen_classes_top1"]))))
     return run_main(body)
 

@@ -36,6 +36,14 @@ LOG_DIR=${LOG_DIR:-logs}                                # a copy of the output g
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 export PYTHONUNBUFFERED=1
 
+# Numbers are checked here, before any use (a value such as 'PATH[$(cmd)]' must never reach arithmetic).
+for name in FRAME_STRIDE BASE_INIT_EPOCHS REPLAY_SAMPLES CODEBOOK_SIZE NUM_CODEBOOKS IMAGE_SIZE; do
+  if [[ ! "${!name}" =~ ^[0-9]+$ ]]; then
+    echo "error: ${name}=${!name} must be a non-negative integer" >&2
+    exit 2
+  fi
+done
+
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 common=(
@@ -60,11 +68,21 @@ common=(
 if [[ -n "${BASE_INIT_CKPT}" ]]; then common+=(--classifier_ckpt "${BASE_INIT_CKPT}"); fi
 if [[ -n "${MAX_BUFFER_SIZE}" ]]; then common+=(--max_buffer_size "${MAX_BUFFER_SIZE}"); fi
 if [[ -n "${DEVICE}" ]]; then common+=(--device "${DEVICE}"); fi
+# Lists are split on spaces into arrays; nothing in them is glob-expanded.
 read -r -a extra_args <<< "${EXTRA_ARGS}"
+read -r -a orders <<< "${ORDERS}"
+read -r -a seeds <<< "${SEEDS}"
+for seed in "${seeds[@]}"; do
+  if [[ ! "${seed}" =~ ^[0-9]+$ ]]; then echo "error: SEEDS holds ${seed}, not a non-negative integer" >&2; exit 2; fi
+done
+if [[ -n "${MAX_BUFFER_SIZE}" && ! "${MAX_BUFFER_SIZE}" =~ ^[0-9]+$ ]]; then
+  echo "error: MAX_BUFFER_SIZE=${MAX_BUFFER_SIZE} must be a positive integer or empty" >&2
+  exit 2
+fi
 
 mkdir -p "${LOG_DIR}"
-for order in ${ORDERS}; do
-  for seed in ${SEEDS}; do
+for order in "${orders[@]}"; do
+  for seed in "${seeds[@]}"; do
     name="${EXPT_NAME}_${order}_seed${seed}"
     "${PYTHON}" -m image_classification_experiments.core50_experiment "${common[@]}" \
       --order "${order}" --permutation_seed "${seed}" --expt_name "${name}" \

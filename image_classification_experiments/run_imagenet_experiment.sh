@@ -32,6 +32,14 @@ LOG_DIR=${LOG_DIR:-logs}                                # a copy of the output g
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 export PYTHONUNBUFFERED=1
 
+# Numbers are checked here, before any use (a value such as 'PATH[$(cmd)]' must never reach arithmetic).
+for name in REPLAY_SAMPLES MAX_BUFFER_SIZE CODEBOOK_SIZE NUM_CODEBOOKS BASE_INIT_CLASSES CLASS_INCREMENT NUM_CLASSES IMAGE_SIZE; do
+  if [[ ! "${!name}" =~ ^[0-9]+$ ]]; then
+    echo "error: ${name}=${!name} must be a non-negative integer" >&2
+    exit 2
+  fi
+done
+
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # The label files (each image's position in CLASS_ORDER) are written from the images when missing.

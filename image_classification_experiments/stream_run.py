@@ -269,17 +269,20 @@ class REMINDStream:
         keep: increment states (``remind_buffer_<end>.pth``) kept, the latest ones; None keeps all.
         eval_from_images: run G over the test images at every evaluation instead of storing their codes
             once (:class:`EvalCodes`); same predictions, for checking.
+        allow_changes: resume a state saved with other settings (``--allow_changed_settings``), recording
+            the differences in ``settings_changes.txt`` next to the results.
     """
 
     def __init__(self, model: REMINDModel, train_loader, test_loader, model_dir: Path, identity: dict,
                  feature_shape: tuple[int, int], offline: OfflineTraining | None = None,
                  base_training: OfflineTraining | None = None, autosave: Autosave | None = None,
-                 keep: int | None = None, eval_from_images: bool = False):
+                 keep: int | None = None, eval_from_images: bool = False, allow_changes: bool = False):
         self.model, self.train_loader, self.test_loader = model, train_loader, test_loader
         self.model_dir, self.identity, self.feature_shape = Path(model_dir), identity, tuple(feature_shape)
         self.offline, self.base_training = offline, base_training
         self.autosave, self.keep = autosave, keep
         self.eval_codes = None if eval_from_images else EvalCodes(self.model_dir / EVAL_CODES)
+        self.allow_changes = allow_changes
         self.accuracies: dict | None = None  # as of the last saved point (what a mid-increment state carries)
         self.resume_at: dict | None = None   # where a mid-increment state stopped: segment, batches, loss
 
@@ -292,7 +295,7 @@ class REMINDStream:
         partial = self.model_dir / PARTIAL
         if folder == self.model_dir and partial.is_file() and load_state(partial)[1].get("inc") == point:
             meta = self.model.load_state(partial, self.identity, f"deleting {PARTIAL} makes a rerun resume from "
-                                                                 f"remind_buffer_{point}.pth")
+                                                                 f"remind_buffer_{point}.pth", self.allow_changes)
             self.resume_at = {k: meta[k] for k in ("segment", "batches", "loss_total", "count")}
             print(f"resuming from {partial}: {meta['count']} examples of segment {meta['segment'][0]}-"
                   f"{meta['segment'][1] - 1} already learnt", flush=True)
@@ -300,12 +303,18 @@ class REMINDStream:
             if partial.is_file():  # from before the latest increment state: superseded
                 partial.unlink()
             print(f"resuming from {folder}/remind_buffer_{point}.pth", flush=True)
-            meta = self.model.resume(point, str(folder), self.identity)
+            meta = self.model.resume(point, str(folder), self.identity, self.allow_changes)
         saved = tuple(self.model.replay_buffer.code_shape[:2])
         if saved != self.feature_shape:
             raise CheckpointError(f"{folder} holds codes of {saved[0]}x{saved[1]} feature maps but G gives "
                                   f"{self.feature_shape[0]}x{self.feature_shape[1]} at this --image_size; use the "
                                   "run's --image_size or another --save_dir")
+        if meta.get("settings_changed"):
+            record = self.model_dir.parent / "settings_changes.txt"
+            before = record.read_text() if record.is_file() else ""
+            line = f"resumed after {point} with changed settings (--allow_changed_settings): {meta['settings_changed']}"
+            atomic_write_text(record, before + line + "\n")
+            print(f"warning: {line}; recorded in {record}", flush=True)
         self.accuracies = meta["accuracies"]
         return meta["accuracies"]
 

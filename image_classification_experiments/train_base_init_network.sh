@@ -30,6 +30,14 @@ LOG_DIR=${LOG_DIR:-logs}                                # a copy of the output g
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 export PYTHONUNBUFFERED=1
 
+# Numbers are checked here, before any use (a value such as 'PATH[$(cmd)]' must never reach arithmetic).
+for name in BASE_MAX_CLASS NUM_CLASSES EPOCHS BATCH_SIZE IMAGE_SIZE NPROC; do
+  if [[ ! "${!name}" =~ ^[0-9]+$ ]]; then
+    echo "error: ${name}=${!name} must be a non-negative integer" >&2
+    exit 2
+  fi
+done
+
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # The label files (each image's position in CLASS_ORDER) are written from the images when missing.

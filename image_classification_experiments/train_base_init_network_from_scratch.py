@@ -30,6 +30,7 @@ import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,7 @@ from image_classification_experiments.utils_imagenet import (DataError, class_na
                                                              load_labels, train_transform)
 from remind.checkpoint import CheckpointError, atomic_torch_save, safe_load
 from remind.cli import default_device
+from remind.lock import FolderInUse, FolderLock
 from remind.metrics import topk_accuracy
 
 
@@ -84,6 +86,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="folder for the checkpoints (created; resnet_imagenet_ckpts)")
     model.add_argument("--resume", default="", metavar="PATH",
                        help="checkpoint of this script to continue from (model, optimizer, epoch, best top-1)")
+    model.add_argument("--overwrite", action="store_true",
+                       help="train from scratch even if --save_dir holds this run's checkpoint (replacing it); "
+                            "without it a rerun continues that checkpoint, or stops if it is complete")
     model.add_argument("-e", "--evaluate", action="store_true",
                        help="only evaluate (the --resume checkpoint, else random init) on the val classes")
 
@@ -178,6 +183,13 @@ def check_args(args, procs: Processes) -> None:
         raise UsageError(f"--ckpt_file {args.ckpt_file!r} must be a file name; put the folder in --save_dir")
     if Path(args.save_dir).exists() and not Path(args.save_dir).is_dir():
         raise UsageError(f"--save_dir {args.save_dir} exists and is not a folder; pass another --save_dir")
+    existing, best = Path(args.save_dir) / args.ckpt_file, Path(args.save_dir) / f"best_{args.ckpt_file}"
+    if not (args.resume or args.evaluate or args.overwrite):
+        if existing.is_file():
+            args.resume = str(existing)  # never start over on finished work: continue it, or stop if complete
+        elif best.is_file():
+            raise UsageError(f"{best} exists but {existing} (the run's last epoch) does not; pass --overwrite to "
+                             "train again from scratch, or another --save_dir")
     args.labels_dir = args.labels_dir or args.data
 
 
@@ -405,9 +417,11 @@ def _report(exc: Exception, procs: Processes) -> int:
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     procs = Processes.from_env()
+    lock = FolderLock(args.save_dir, "--save_dir") if procs.is_main and not args.evaluate else nullcontext()
     try:
         run = prepare(args, procs)
-    except (UsageError, DataError, CheckpointError) as exc:
+        lock.__enter__()  # one training run per checkpoint folder
+    except (UsageError, DataError, CheckpointError, FolderInUse) as exc:
         return _report(exc, procs)
     if procs.is_main:
         print(json.dumps({**vars(args), "world_size": procs.world_size, "device": str(run.device)}), flush=True)
@@ -428,7 +442,8 @@ def main(argv=None) -> int:
                 print(f"val top-1 {top1:.2f}  val top-5 {top5:.2f}", flush=True)
         elif run.start_epoch >= args.epochs:
             if procs.is_main:
-                print(f"nothing to train: --resume is at epoch {run.start_epoch} and --epochs is {args.epochs}")
+                print(f"already trained: {args.resume} has {run.start_epoch} of --epochs {args.epochs}; nothing "
+                      "to do (--overwrite trains again from scratch)")
         else:
             fit(model, run, args, procs)
             if procs.is_main:
@@ -437,6 +452,7 @@ def main(argv=None) -> int:
     finally:
         if procs.distributed:
             torch_dist.destroy_process_group()
+        lock.__exit__(None, None, None)
     return 0
 
 

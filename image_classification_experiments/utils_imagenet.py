@@ -82,8 +82,13 @@ def load_labels(images_dir: str, label_dir: str, split: str, dataset_name: str =
     except Exception as exc:
         raise DataError(f"label file {path} cannot be read ({exc}); re-create it with "
                         "make_numpy_imagenet_label_files.py") from None
-    labels = labels.reshape(-1)
-    if len(labels) != len(samples) or not np.issubdtype(labels.dtype, np.integer):
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"label file {path} holds a {labels.ndim}-D {labels.dtype} array; it must be one integer "
+                        "label per image (re-create it with make_numpy_imagenet_label_files.py)")
+    if len(labels) and labels.min() < 0:
+        raise DataError(f"label file {path} holds negative labels; re-create it with "
+                        "make_numpy_imagenet_label_files.py")
+    if len(labels) != len(samples):
         raise DataError(f"label file {path} has {len(labels)} labels but {os.path.join(images_dir, split)} "
                         f"has {len(samples)} images; re-create the label files with "
                         "make_numpy_imagenet_label_files.py for this folder")

@@ -103,8 +103,11 @@ def save_run_state(path, state: dict, identity: dict, progress: dict) -> None:
     save_state(path, state, {"format": RUN_STATE_FORMAT, "identity": identity, **progress})
 
 
-def check_identity(saved: dict, current: dict, where) -> None:
-    """Refuse to resume when a setting that changes what is computed differs; names every one."""
+def check_identity(saved: dict, current: dict, where, allow: bool = False) -> str | None:
+    """Refuse to resume when a setting that changes what is computed differs; names every one.
+
+    With ``allow`` the differences are returned instead (the caller records them), None when there are none.
+    """
     current = json.loads(json.dumps(current))  # tuples become lists, as in the saved JSON
     differing = {}
     for k in sorted(set(current) | set(saved)):
@@ -116,12 +119,20 @@ def check_identity(saved: dict, current: dict, where) -> None:
             differing[k] = (a, b)
     if differing:
         detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in sorted(differing.items()))
+        if allow:
+            return detail
         raise CheckpointError(f"{where} belongs to a run with other settings ({detail}); use the same settings, "
-                              "or another results folder")
+                              "or another results folder (--allow_changed_settings continues anyway and records "
+                              "the change)")
+    return None
 
 
-def load_run_state(path, identity: dict, what: str = "run checkpoint") -> tuple[dict, dict]:
-    """Read :func:`save_run_state`'s file and check it is this run; returns (state, progress meta)."""
+def load_run_state(path, identity: dict, what: str = "run checkpoint",
+                   allow_changes: bool = False) -> tuple[dict, dict]:
+    """Read :func:`save_run_state`'s file and check it is this run; returns (state, progress meta).
+
+    With ``allow_changes`` a run with other settings loads too, and ``meta["settings_changed"]`` says how.
+    """
     try:
         state, meta = load_state(path, what)
     except CheckpointError as exc:
@@ -134,7 +145,9 @@ def load_run_state(path, identity: dict, what: str = "run checkpoint") -> tuple[
         raise CheckpointError(f"{what} {path} was written by an earlier version of this project "
                               f"(format {meta.get('format', 'v1')!r}, this one reads {RUN_STATE_FORMAT!r}) and "
                               "cannot be resumed; rerun into a new results folder")
-    check_identity(meta["identity"], identity, path)
+    changes = check_identity(meta["identity"], identity, path, allow_changes)
+    if changes:
+        meta["settings_changed"] = changes
     return state, meta
 
 

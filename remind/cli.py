@@ -1,6 +1,7 @@
 """What every entry point shares: the default device, and input errors as one ``error:`` line with exit 2."""
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Callable
 
@@ -38,6 +39,12 @@ def run_main(body: Callable[[], int | None], extra_errors: tuple[type[BaseExcept
         code = body()
     except INPUT_ERRORS + extra_errors as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
+        return 2
+    except OSError as exc:  # the user's paths and disks: unreadable, unwritable, full
+        where = f" ({exc.filename})" if exc.filename else ""
+        hint = ("; free some space or choose another folder" if exc.errno == errno.ENOSPC else
+                "; check the path and its permissions")
+        print(f"error: {exc.strerror or exc}{where}{hint}", file=sys.stderr)
         return 2
     except StopRequested as stop:  # SIGINT / SIGTERM: the state was saved at a safe point
         print(str(stop), file=sys.stderr, flush=True)

@@ -144,3 +144,18 @@ def test_torchrun_two_cpu_processes(digits, tmp_path):
     assert all(key.startswith("model.") for key in ckpt["state_dict"])
     state, _ = load_network_state(str(save_dir / CKPT))
     build_full_network("ResNet18ClassifyAfterLayer4_1", 10).load_state_dict(state, strict=True)
+
+
+def test_rerun_of_a_finished_training_changes_nothing(digits, trained, tmp_path, capsys):
+    """A finished base-init network is never trained over: the same command says so and exits 0."""
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in copy.iterdir()}
+    capsys.readouterr()
+    assert base_init.main(tiny_args(digits, copy, "--epochs", "2")) == 0
+    assert "already trained" in capsys.readouterr().out
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in copy.iterdir()} == before
+    (copy / CKPT).unlink()  # only best_ left: refused unless --overwrite
+    assert base_init.main(tiny_args(digits, copy, "--epochs", "2")) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (copy / f"best_{CKPT}").read_bytes() == before[f"best_{CKPT}"][1]

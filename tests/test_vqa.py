@@ -1107,3 +1107,15 @@ def test_killed_vqa_run_finishes_like_an_uninterrupted_one(data, trained, tmp_pa
         name = f"results_boundary_{boundary}.json"
         assert load_json(out / name) == load_json(reference / name)
     assert not list(out.glob(".*.tmp"))
+
+
+def test_second_run_into_an_output_folder_in_use_exits_at_once(data, tmp_path, capsys):
+    from remind.lock import FolderLock
+
+    out = tmp_path / "out"
+    with FolderLock(out):
+        capsys.readouterr()
+        assert vqa_trainer.main(trainer_argv(data, "clevr", "qtype", "stream", out)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(out) in err[0] and f"process {os.getpid()}" in err[0]
+        assert list(out.iterdir()) == []

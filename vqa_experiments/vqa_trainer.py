@@ -40,6 +40,7 @@ from remind.checkpoint import (atomic_write_text, load_run_state, remove_stale_t
                                rng_state_to_json, save_run_state)
 from remind.cli import check_device, default_device, run_main
 from remind.learner import ReplayBatch, StreamingLearner
+from remind.lock import FolderLock
 from vqa_experiments.configs import get_config, override
 from vqa_experiments.metric import accuracy_by_type
 from vqa_experiments.vqa_data import Dictionary, VQADataError, image_rows, load_codes, load_lut, \
@@ -463,6 +464,11 @@ def prepare(args):
     config = override(config, args.set)
     if args.lr is not None:
         config = dataclasses.replace(config, lr=args.lr)
+    for name in ("max_epochs", "train_batch_size", "val_batch_size", "num_classes", "emb_dim", "lstm_out"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(config, name)} (--set {name}=...)")
+    if config.replays_per_step < 0 or not config.lr > 0:
+        raise ValueError("replays_per_step must be >= 0 and lr > 0 (--set / --lr)")
     if args.rehearsal_mode == "limited_buffer":
         if args.max_buffer_size is None or args.max_buffer_size <= 0:
             raise ValueError("--rehearsal_mode limited_buffer needs a positive --max_buffer_size")
@@ -508,14 +514,13 @@ def main(argv=None) -> int:
             return 0
         if not args.skip_disk_check:
             plan.check_disk()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in remove_stale_temporaries(out_dir):
-            print(f"removed {stale}, left by a save that was interrupted", flush=True)
-        print(f"git commit {reporting.git_commit()}; {run_mode(args)} on {config.dataset} ({config.model}), "
-              f"{len(data.train)} train / {len(data.val)} val questions, {data.num_classes} answers, "
-              f"codes {data.code_shape}, device {data.device}", flush=True)
-        torch.manual_seed(args.seed)
-        with Autosave(args.checkpoint_every_minutes) as autosave:
+        with FolderLock(out_dir, "output folder"), Autosave(args.checkpoint_every_minutes) as autosave:
+            for stale in remove_stale_temporaries(out_dir):
+                print(f"removed {stale}, left by a save that was interrupted", flush=True)
+            print(f"git commit {reporting.git_commit()}; {run_mode(args)} on {config.dataset} ({config.model}), "
+                  f"{len(data.train)} train / {len(data.val)} val questions, {data.num_classes} answers, "
+                  f"codes {data.code_shape}, device {data.device}", flush=True)
+            torch.manual_seed(args.seed)
             if args.full:
                 summary = offline(args, config, data, out_dir, identity, glove, autosave)
             else:
