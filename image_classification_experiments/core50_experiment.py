@@ -212,12 +212,8 @@ def main(argv=None) -> int:
         train, test = load_core50(args.data_dir, args.frame_stride)
         adapted = adapted_checkpoint(args)  # fails here, before anything is written, if it is bad
         plan = run_budget(args, train, test, save_dir)
-        print(plan.table(), flush=True)
-        if args.dry_run:
-            print("dry run: every check passed; nothing was written")
+        if plan.preflight(args.dry_run, args.skip_disk_check):
             return 0
-        if not args.skip_disk_check:
-            plan.check_disk()
         with FolderLock(save_dir):  # one run per folder
             model = prepare_model(args, adapted, train, save_dir)
             feature_shape(model, args.image_size)

@@ -296,12 +296,8 @@ def main(argv=None) -> int:
         feature_shape(model, args.image_size, args.spatial_feat_dim)
         check_checkpoint_rows(args)
         plan = run_budget(args, model, spec, save_dir)
-        print(plan.table(), flush=True)
-        if args.dry_run:
-            print("dry run: every check passed; nothing was written")
+        if plan.preflight(args.dry_run, args.skip_disk_check):
             return 0
-        if not args.skip_disk_check:
-            plan.check_disk()
         with FolderLock(save_dir):  # one run per folder
             print(f"git commit {reporting.git_commit()}; arguments:\n"
                   + json.dumps(vars(args), indent=2, sort_keys=True))

@@ -98,3 +98,14 @@ class Budget:
             raise ValueError(f"the run would write about {human(need)} more under {self.save_dir} but only "
                              f"{human(free)} is free there; free some space, choose another results folder, "
                              f"or pass {flag} to start anyway")
+
+    def preflight(self, dry_run: bool, skip_disk_check: bool) -> bool:
+        """Print the table; True when the run should stop here (``--dry_run``). Refuses a run that would not
+        fit on the disk unless ``--skip_disk_check``."""
+        print(self.table(), flush=True)
+        if dry_run:
+            print("dry run: every check passed; nothing was written")
+            return True
+        if not skip_disk_check:
+            self.check_disk()
+        return False

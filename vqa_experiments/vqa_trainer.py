@@ -508,12 +508,8 @@ def main(argv=None) -> int:
         if (out_dir / CHECKPOINT).exists():
             load_checkpoint(out_dir / CHECKPOINT, identity)  # refuse a different run's folder before writing
         plan = run_budget(args, config, data, out_dir)
-        print(plan.table(), flush=True)
-        if args.dry_run:
-            print("dry run: every check passed; nothing was written")
+        if plan.preflight(args.dry_run, args.skip_disk_check):
             return 0
-        if not args.skip_disk_check:
-            plan.check_disk()
         with FolderLock(out_dir, "output folder"), Autosave(args.checkpoint_every_minutes) as autosave:
             for stale in remove_stale_temporaries(out_dir):
                 print(f"removed {stale}, left by a save that was interrupted", flush=True)
