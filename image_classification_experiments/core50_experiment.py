@@ -34,7 +34,7 @@ from image_classification_experiments.utils_imagenet import DataError
 from remind import reporting
 from remind.autosave import Autosave
 from remind.checkpoint import CheckpointError, atomic_torch_save
-from remind.cli import run_main
+from remind.cli import check_device, run_main
 from remind.pq import check_pq_shape
 from remind.lock import FolderLock
 
@@ -76,6 +76,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------ setup
 def validate_args(args) -> None:
     check_pq_shape(args.num_channels, args.num_codebooks, args.codebook_size)
+    check_device(args.device)
     for name in ("base_init_fraction", "eval_fraction"):
         if not 0 < getattr(args, name) <= 1:
             raise DataError(f"--{name} {getattr(args, name)} must be in (0, 1]")

@@ -43,7 +43,7 @@ from image_classification_experiments.utils_imagenet import (DataError, check_cl
 from remind import reporting
 from remind.autosave import Autosave
 from remind.checkpoint import CheckpointError
-from remind.cli import default_device, run_main
+from remind.cli import check_device, default_device, run_main
 from remind.pq import check_pq_shape
 from remind.lock import FolderLock
 
@@ -181,6 +181,7 @@ def stream_spec(args) -> StreamSpec:
 def validate_args(args, spec: StreamSpec):
     """Every check that can fail before anything is written; returns the learner's config."""
     check_pq_shape(args.num_channels, args.num_codebooks, args.codebook_size)
+    check_device(args.device)
     if args.offline_epochs < 0 or args.offline_batch_size <= 0 or args.offline_lr <= 0:
         raise DataError("--offline_epochs must be non-negative, --offline_batch_size and --offline_lr positive")
     if args.offline_epochs and args.max_buffer_size is not None:

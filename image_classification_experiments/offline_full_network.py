@@ -28,7 +28,7 @@ from image_classification_experiments.stream_run import ResultFiles, StreamSpec,
 from image_classification_experiments.utils_imagenet import (DataError, check_class_range, default_num_workers,
                                                              get_data_loader, load_labels)
 from remind import reporting
-from remind.cli import default_device, run_main
+from remind.cli import check_device, default_device, run_main
 from remind.lock import FolderLock
 
 
@@ -60,6 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def validate(args) -> StreamSpec:
     """The evaluation points, after checking the flags and the label files."""
+    check_device(args.device)
     max_class = args.num_classes if args.streaming_max_class is None else args.streaming_max_class
     if args.epochs <= 0 or args.class_increment <= 0 or max_class > args.num_classes:
         raise DataError("--epochs and --class_increment must be positive and --streaming_max_class at most "

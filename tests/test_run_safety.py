@@ -113,3 +113,15 @@ def test_core50_lists_are_not_glob_expanded(tmp_path):
     result = subprocess.run(["bash", str(REPO / "image_classification_experiments" / "run_core50_experiment.sh")],
                             env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 2 and "SEEDS holds ?" in result.stderr
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:0"])
+def test_unusable_device_is_one_line_before_anything_is_written(setup, tmp_path, capfd, device):
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    digits, ckpt = setup
+    args = argv(digits, ckpt, tmp_path / "run")
+    args[args.index("--device") + 1] = device
+    capfd.readouterr()
+    assert ie.main(args) == 2
+    assert "--device" in one_error_line(capfd) and not (tmp_path / "run").exists()
