@@ -39,7 +39,7 @@ from image_classification_experiments.stream_run import (ACCURACY_KEYS, OfflineT
 from image_classification_experiments.resnet_models import check_classifier_rows
 from image_classification_experiments.utils_imagenet import (DataError, check_class_range, class_names_by_position,
                                                              default_num_workers, examples_per_class, get_data_loader,
-                                                             label_file, load_labels)
+                                                             label_file, load_labels, unreadable_images)
 from remind import reporting
 from remind.autosave import Autosave
 from remind.checkpoint import CheckpointError
@@ -114,6 +114,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="folder with imagenet_indices/imagenet_{train,val}_labels.npy (class order)")
     g.add_argument("--save_dir", type=str, default=None,
                    help="results folder (default streaming_experiments/<expt_name>); a rerun resumes here")
+    g.add_argument("--check_images", action="store_true",
+                   help="open and decode every image the run will use before starting (slow on ImageNet: "
+                        "minutes per 100k images), and refuse the run if any cannot be read")
     g.add_argument("--dry_run", action="store_true",
                    help="check the data, label files, class order and checkpoint, print the budget table "
                         "(buffer, device memory, checkpoint and disk bytes) and exit, writing nothing")
@@ -200,6 +203,14 @@ def validate_args(args, spec: StreamSpec):
     keep_policy(args.keep_checkpoints)
     if args.checkpoint_every_minutes < 0:
         raise DataError(f"--checkpoint_every_minutes must be >= 0, got {args.checkpoint_every_minutes}")
+    if args.check_images:
+        end = spec.points[-1]
+        bad = [path for split in ("train", "val")
+               for path in unreadable_images(args.images_dir, args.label_dir, split, args.min_class, end)]
+        if bad:
+            raise DataError(f"{len(bad)} images cannot be read, e.g. {bad[0]}; replace or remove them (then "
+                            "re-create the label files)")
+        print(f"--check_images: every image of classes {args.min_class}-{end - 1} can be read", flush=True)
     lr_examples = resolve_lr_examples(args.lr_examples_per_class,
                                       lambda: load_labels(args.images_dir, args.label_dir, "train"), args.num_classes)
     if args.resume_full_path is not None and not (Path(args.resume_full_path) /

@@ -148,8 +148,32 @@ class LabelledImageFolder(Dataset):
 
     def __getitem__(self, position: int):
         index = int(self.indices[position])
-        image = self.transform(self.loader(self.samples[index][0]))
-        return image, int(self.labels[index]), index
+        path = self.samples[index][0]
+        try:
+            image = self.loader(path)
+        except (OSError, ValueError) as exc:  # truncated, empty, not an image (PIL's errors are OSErrors)
+            raise DataError(f"image {path} cannot be read ({type(exc).__name__}: {exc}); replace or remove it "
+                            "(then re-create the label files); --check_images finds all such files up front") \
+                from None
+        return self.transform(image), int(self.labels[index]), index
+
+
+def unreadable_images(images_dir: str, label_dir: str, split: str, min_class: int, max_class: int,
+                      dataset_name: str = "imagenet") -> list[str]:
+    """Paths of the split's images of classes ``[min_class, max_class)`` that PIL cannot open and decode."""
+    from PIL import Image
+
+    samples, _ = _scan_folder(os.path.join(images_dir, split))
+    labels = load_labels(images_dir, label_dir, split, dataset_name)
+    bad = []
+    for index in class_indices(labels, min_class, max_class):
+        path = samples[index][0]
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except (OSError, ValueError):
+            bad.append(path)
+    return bad
 
 
 def class_indices(labels: np.ndarray, min_class: int, max_class: int) -> np.ndarray:

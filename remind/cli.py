@@ -38,7 +38,10 @@ def run_main(body: Callable[[], int | None], extra_errors: tuple[type[BaseExcept
     try:
         code = body()
     except INPUT_ERRORS + extra_errors as exc:
-        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
+        message = str(exc)
+        if "Original Traceback" in message:  # raised in a DataLoader worker: keep the original message only
+            message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+        print("error: " + " ".join(message.split()), file=sys.stderr)
         return 2
     except OSError as exc:  # the user's paths and disks: unreadable, unwritable, full
         where = f" ({exc.filename})" if exc.filename else ""

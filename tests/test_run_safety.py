@@ -125,3 +125,43 @@ def test_unusable_device_is_one_line_before_anything_is_written(setup, tmp_path,
     capfd.readouterr()
     assert ie.main(args) == 2
     assert "--device" in one_error_line(capfd) and not (tmp_path / "run").exists()
+
+
+def test_unreadable_image_found_up_front_or_named_during_the_run(setup, tmp_path, capfd):
+    import shutil
+
+    digits, ckpt = setup
+    copy = tmp_path / "digits"
+    shutil.copytree(digits, copy)
+    import numpy as np
+    from image_classification_experiments.utils_imagenet import _scan_folder, load_labels
+    samples, _ = _scan_folder(str(copy / "val"))
+    broken = Path(samples[int(np.nonzero(load_labels(str(copy), str(copy), "val") < 4)[0][0])][0])  # a base class
+    broken.write_bytes(b"")  # a zero-byte image
+    capfd.readouterr()
+    assert ie.main(argv(copy, ckpt, tmp_path / "run", "--check_images")) == 2
+    line = one_error_line(capfd)
+    assert "1 images cannot be read" in line and str(broken) in line and not (tmp_path / "run").exists()
+    assert ie.main(argv(copy, ckpt, tmp_path / "run2", "--streaming_max_class", "4")) == 2
+    err = capfd.readouterr().err  # progress bars, then the one error line; no traceback
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(f"error: image {broken} cannot be read")
+
+
+def test_unreadable_image_in_a_loader_worker_is_still_one_line(setup, tmp_path, capfd):
+    import shutil
+
+    import numpy as np
+
+    from image_classification_experiments.utils_imagenet import _scan_folder, load_labels
+    digits, ckpt = setup
+    copy = tmp_path / "digits"
+    shutil.copytree(digits, copy)
+    samples, _ = _scan_folder(str(copy / "train"))
+    broken = Path(samples[int(np.nonzero(load_labels(str(copy), str(copy), "train") < 4)[0][0])][0])
+    broken.write_bytes(b"not a png")
+    args = argv(copy, ckpt, tmp_path / "run", "--streaming_max_class", "4")
+    args[args.index("--num_workers") + 1] = "1"
+    capfd.readouterr()
+    assert ie.main(args) == 2
+    last = capfd.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: image {broken} cannot be read") and "Traceback" not in last
