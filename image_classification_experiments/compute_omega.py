@@ -60,6 +60,11 @@ def load_latest(folder: Path) -> tuple[dict, list[int]]:
         raise ValueError(f"cannot read {files[max(files)]}: {exc}") from None
     if not isinstance(accuracies, dict) or not isinstance(accuracies.get("seen_classes_top1"), list):
         raise ValueError(f"{files[max(files)]} has no seen_classes_top1 list")
+    for key, values in accuracies.items():
+        if key in OMEGA_KEYS.values() and (not isinstance(values, list) or not all(
+                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values)):
+            raise ValueError(f"{files[max(files)]}: {key} must be a list of numbers (accuracies in percent); "
+                             "re-create the file with imagenet_experiment.py")
     points = sorted(files)
     if len(points) != len(accuracies["seen_classes_top1"]):  # e.g. a resumed run: count evaluations instead
         points = list(range(1, len(accuracies["seen_classes_top1"]) + 1))

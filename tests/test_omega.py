@@ -76,7 +76,13 @@ def test_compute_omega_bad_input(tmp_path, capsys):
     offline = _write_run(tmp_path / "offline", [100, 80, 50], [100] * 3, [100] * 3, [100] * 3, [70, 40], [100] * 2)
     short = _write_run(tmp_path / "short", [90, 40], [100] * 2, [50] * 2, [100] * 2, [35], [100], points=(4, 6))
     (tmp_path / "empty").mkdir()
-    for runs in ([f"a={tmp_path / 'missing'}"], [f"a={tmp_path / 'empty'}"], [f"a={short}"], ["no_equals_sign"]):
+    strings = _write_run(tmp_path / "strings", [100, 80, 50], [100] * 3, [100] * 3, [100] * 3, [70, 40], [100] * 2)
+    name = "accuracies_min_trained_0_max_trained_8.json"
+    bad = json.loads((strings / name).read_text())
+    bad["seen_classes_top1"] = ["90", "40", "50"]  # strings, not numbers
+    (strings / name).write_text(json.dumps(bad))
+    for runs in ([f"a={tmp_path / 'missing'}"], [f"a={tmp_path / 'empty'}"], [f"a={short}"], ["no_equals_sign"],
+                 [f"a={strings}"]):
         capsys.readouterr()
         assert co.main(["--offline", str(offline), "--runs", *runs, "--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
