@@ -269,18 +269,22 @@ class REMINDModel:
         probas, all_labels = [], []
         for batch in data_loader:
             maps = self.pq.reconstruct_maps(self._features(batch[0]), self.config.pq_backend)
-            probas.append(torch.softmax(self.classifier_F(maps), dim=1).float().cpu())
+            probas.append(self._probas(maps))
             all_labels.append(batch[1])
         probas = torch.cat(probas).numpy() if probas else np.zeros((0, self.num_classes), np.float32)
         labels = torch.cat(all_labels).numpy() if all_labels else np.zeros(0, np.int64)
         return probas.argmax(1), probas, labels
+
+    def _probas(self, maps: torch.Tensor) -> torch.Tensor:
+        """F's softmax on reconstructed maps, float32 on the CPU (F in eval mode, no grad: the callers')."""
+        return torch.softmax(self.classifier_F(maps), dim=1).float().cpu()
 
     @torch.no_grad()
     def encode_images(self, data_loader) -> tuple[np.ndarray, torch.Tensor]:
         """Example ids ``(N,)`` and codes ``(N, H, W, M)`` uint8 (on the CPU) of a loader's images."""
         ids, codes = [], []
         for images, _, batch_ids in data_loader:
-            codes.append(self.pq.encode_maps(self._features(images), self.config.pq_backend).cpu())
+            codes.append(self._encode(images).cpu())
             ids.append(batch_ids.numpy())
         if not codes:
             return np.zeros(0, np.int64), torch.zeros((0, *self.replay_buffer.code_shape), dtype=torch.uint8)
@@ -291,8 +295,8 @@ class REMINDModel:
         """Softmax probabilities ``(N, num_classes)`` float32 from stored codes ``(N, H, W, M)``, decoded and
         classified ``batch_size`` at a time (the batches :meth:`predict` would use on the same examples)."""
         self.classifier_F.eval()
-        probas = [torch.softmax(self.classifier_F(self.pq.decode_maps(codes[i:i + batch_size].to(self.device))),
-                                dim=1).float().cpu() for i in range(0, len(codes), batch_size)]
+        probas = [self._probas(self.pq.decode_maps(codes[i:i + batch_size].to(self.device)))
+                  for i in range(0, len(codes), batch_size)]
         return torch.cat(probas).numpy() if probas else np.zeros((0, self.num_classes), np.float32)
 
     # ------------------------------------------------------------ checkpoints

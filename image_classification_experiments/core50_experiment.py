@@ -34,7 +34,7 @@ from image_classification_experiments.utils_imagenet import DataError
 from remind import reporting
 from remind.autosave import Autosave
 from remind.checkpoint import CheckpointError, atomic_torch_save
-from remind.cli import check_device, run_main
+from remind.cli import add_preflight_flags, check_device, run_main
 from remind.pq import check_pq_shape
 from remind.lock import FolderLock
 
@@ -61,10 +61,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--expt_name", type=str, default="remind_core50", help="experiment name (remind_core50)")
     g.add_argument("--save_dir", type=str, default=None,
                    help="results folder (default streaming_experiments/<expt_name>_<order>_seed<k>); reruns resume")
-    g.add_argument("--dry_run", action="store_true",
-                   help="check the data and checkpoint, print the budget table and exit, writing nothing")
-    g.add_argument("--skip_disk_check", action="store_true",
-                   help="start even if the run's writes would exceed the free disk under --save_dir")
+    add_preflight_flags(g, "--save_dir")
     g = p.add_argument_group("weights")
     g.add_argument("--classifier_ckpt", type=str, default=None,
                    help="weights for G and F: a torchvision ResNet-18 .pth (ImageNet, as the paper) or a project "

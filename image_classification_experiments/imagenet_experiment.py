@@ -43,7 +43,7 @@ from image_classification_experiments.utils_imagenet import (DataError, check_cl
 from remind import reporting
 from remind.autosave import Autosave
 from remind.checkpoint import CheckpointError
-from remind.cli import check_device, default_device, run_main
+from remind.cli import add_preflight_flags, check_device, default_device, run_main
 from remind.pq import check_pq_shape
 from remind.lock import FolderLock
 
@@ -117,11 +117,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--check_images", action="store_true",
                    help="open and decode every image the run will use before starting (slow on ImageNet: "
                         "minutes per 100k images), and refuse the run if any cannot be read")
-    g.add_argument("--dry_run", action="store_true",
-                   help="check the data, label files, class order and checkpoint, print the budget table "
-                        "(buffer, device memory, checkpoint and disk bytes) and exit, writing nothing")
-    g.add_argument("--skip_disk_check", action="store_true",
-                   help="start even if the run's writes would exceed the free disk under --save_dir")
+    add_preflight_flags(g, "--save_dir")
     g.add_argument("--resume_full_path", type=str, default=None,
                    help="folder of a previous run's remind_model/ to continue from, at --streaming_min_class")
     g = p.add_argument_group("base init and feature maps")

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Subset
 from image_classification_experiments.REMINDModel import REMINDModel
 from remind import budget, reporting
 from remind.autosave import Autosave
+from remind.buffer import entry_bytes
 from remind.checkpoint import CheckpointError, atomic_torch_save, atomic_write_text, load_state, \
     remove_stale_temporaries, save_state
 from remind.metrics import topk_accuracy
@@ -215,11 +216,7 @@ class EvalCodes:
         if fingerprint != self.fingerprint:
             self._load(fingerprint)
         wanted = np.asarray(loader.dataset.indices, dtype=np.int64)
-        order = np.argsort(self.ids, kind="stable")
-        known = self.ids[order]
-        where = np.minimum(np.searchsorted(known, wanted), max(len(known) - 1, 0))
-        found = known[where] == wanted if len(known) else np.zeros(len(wanted), bool)
-        missing = np.nonzero(~found)[0]
+        missing = np.nonzero(~np.isin(wanted, self.ids))[0]
         if len(missing):
             subset = DataLoader(Subset(loader.dataset, missing.tolist()), batch_size=loader.batch_size,
                                 shuffle=False, num_workers=loader.num_workers, collate_fn=loader.collate_fn)
@@ -228,8 +225,8 @@ class EvalCodes:
             self.codes = new_codes if self.codes is None else torch.cat([self.codes, new_codes])
             save_state(self.path, {"ids": torch.from_numpy(self.ids), "codes": self.codes},
                        {"codebooks": fingerprint})
-            return self.codes_for(model, loader)[0], len(missing)
-        return self.codes[order[where]], 0
+        order = np.argsort(self.ids, kind="stable")
+        return self.codes[order[np.searchsorted(self.ids[order], wanted)]], len(missing)
 
 
 def remaining_batches(loader: DataLoader, skip: int) -> DataLoader:
@@ -376,14 +373,13 @@ class REMINDStream:
         self.model.save(end, str(self.model_dir), {"accuracies": accuracies}, self.identity)
         self.accuracies = accuracies
         (self.model_dir / PARTIAL).unlink(missing_ok=True)
-        states = sorted((int(p.stem.rsplit("_", 1)[1]), p) for p in self.model_dir.glob("remind_buffer_*.pth")
-                        if p.stem.rsplit("_", 1)[1].isdigit())
         if self.keep is not None:
+            states = sorted((int(p.stem.rsplit("_", 1)[1]), p) for p in self.model_dir.glob("remind_buffer_*.pth")
+                            if p.stem.rsplit("_", 1)[1].isdigit())
             for _, old in states[:-self.keep]:
                 old.unlink()
         if self.autosave is not None:
-            self.autosave.saved()
-            self.autosave.stop_point(f"{self.model_dir}/remind_buffer_{end}.pth")
+            self.autosave.checkpointed(f"{self.model_dir}/remind_buffer_{end}.pth")
 
 
 def feature_shape(model: REMINDModel, image_size: int, spatial_feat_dim: int | None = None) -> tuple[int, int]:
@@ -409,7 +405,7 @@ def stream_budget(title: str, spec: StreamSpec, examples_seen: list[int], evalua
     limit = config.max_buffer_size
     stored = [n if limit is None else min(n, limit) for n in examples_seen]
     code_bytes = int(np.prod(map_shape)) * config.num_codebooks
-    per_entry = code_bytes + budget.entry_bytes(config.num_classes)
+    per_entry = code_bytes + entry_bytes(config.num_classes)
     f_bytes, momentum = budget.module_bytes(model.classifier_F), budget.trainable_bytes(model.classifier_F)
     codebooks = config.codebook_size * config.num_channels * 4
     run_state = [n * per_entry + f_bytes + momentum + codebooks + 8 * config.num_classes for n in stored]

@@ -8,7 +8,7 @@ turn into a one-line message and exit status 128 + the signal number. A second s
 pending interrupts at once (the previous checkpoint stays intact: every write is atomic).
 
 Signals that arrive while no loop ticks (base initialisation, an evaluation) are honoured at the next
-tick or at :meth:`Autosave.stop_point` (after a point's checkpoint).
+tick or at :meth:`Autosave.checkpointed` (after a point's checkpoint).
 """
 from __future__ import annotations
 
@@ -89,7 +89,8 @@ class Autosave:
         if self.stop_pending:
             raise StopRequested(self.signum, where)
 
-    def stop_point(self, where: str) -> None:
-        """A point whose state is already on disk: stop here if a signal is pending."""
+    def checkpointed(self, where: str) -> None:
+        """A point's state was just written (``where``): restart the timer, and stop here if a signal is pending."""
+        self.saved()
         if self.stop_pending:
             raise StopRequested(self.signum, where)

@@ -12,22 +12,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch.nn as nn
-
-# Per stored example besides its codes (remind/buffer.py): the label (int16 below 32,768 classes), the
-# example id (int32) and its entry in the per-class slot list (int32).
-ID_BYTES = SLOT_BYTES = 4
-
-
-def label_bytes(num_classes: int) -> int:
-    return 2 if num_classes <= np.iinfo(np.int16).max else 4
-
-
-def entry_bytes(num_classes: int) -> int:
-    """Bytes of one buffer entry besides its codes."""
-    return label_bytes(num_classes) + ID_BYTES + SLOT_BYTES
-
 
 def human(n: float) -> str:
     """``1,505 MB`` style (decimal units), as the sizes are quoted in the docs."""

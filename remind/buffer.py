@@ -25,6 +25,16 @@ import torch
 _GROWTH = 1.25  # capacity growth factor; bounds the unused tail of each array
 
 
+def label_dtype(num_classes: int):
+    """Labels are int16 below 32,768 classes, else int32."""
+    return np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
+
+
+def entry_bytes(num_classes: int) -> int:
+    """Bytes of one stored example besides its codes: label, example id (int32), class slot (int32)."""
+    return np.dtype(label_dtype(num_classes)).itemsize + 4 + 4
+
+
 def _grown(array: np.ndarray, needed: int) -> np.ndarray:
     if needed <= len(array):
         return array
@@ -82,8 +92,7 @@ class ReplayBuffer:
         # Per-entry codes only when they are not shared; a reference buffer keeps labels and ids alone.
         self.codes = (None if shared_codes is not None
                       else torch.empty((0, *self.code_shape), dtype=torch.uint8, device=self.device))
-        label_dtype = np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
-        self.labels = np.empty(0, dtype=label_dtype)
+        self.labels = np.empty(0, dtype=label_dtype(num_classes))
         self.ids = np.empty(0, dtype=np.int32)
         self.class_counts = np.zeros(num_classes, dtype=np.int64)
         self.class_slots = [np.empty(0, dtype=np.int32) for _ in range(num_classes)]

@@ -33,6 +33,16 @@ def check_device(device: str) -> torch.device:
     return parsed
 
 
+def add_preflight_flags(group, folder_flag: str) -> None:
+    """``--dry_run`` and ``--skip_disk_check`` (remind/budget.py's preflight) on an entry point's parser."""
+    group.add_argument("--dry_run", action="store_true",
+                       help="check the data, label files, class order and checkpoint as a real start does, print "
+                            "the budget table (buffer, device memory, checkpoint and disk bytes) and exit, "
+                            "writing nothing")
+    group.add_argument("--skip_disk_check", action="store_true",
+                       help=f"start even if the run's writes would exceed the free disk under {folder_flag}")
+
+
 def run_main(body: Callable[[], int | None], extra_errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run an entry point's body: input errors print one ``error: ...`` line and give exit status 2."""
     try:

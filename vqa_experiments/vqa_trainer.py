@@ -34,11 +34,11 @@ import torch
 import torch.nn as nn
 
 from remind import budget, reporting
-from remind.buffer import ReplayBuffer, SharedCodes
+from remind.buffer import ReplayBuffer, SharedCodes, entry_bytes
 from remind.autosave import Autosave
 from remind.checkpoint import (atomic_write_text, load_run_state, remove_stale_temporaries, rng_from_json,
                                rng_state_to_json, save_run_state)
-from remind.cli import check_device, default_device, run_main
+from remind.cli import add_preflight_flags, check_device, default_device, run_main
 from remind.learner import ReplayBatch, StreamingLearner
 from remind.lock import FolderLock
 from vqa_experiments.configs import get_config, override
@@ -79,11 +79,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint_every_minutes", type=float, default=10.0,
                         help="also save checkpoint.pt between boundaries this often while streaming (fractions "
                              "allowed; 0: only at boundaries); SIGINT/SIGTERM save it too (10)")
-    parser.add_argument("--dry_run", action="store_true",
-                        help="check the data and settings, print the budget table (buffer, device memory, "
-                             "checkpoint and disk bytes) and exit, writing nothing")
-    parser.add_argument("--skip_disk_check", action="store_true",
-                        help="start even if the run's writes would exceed the free disk under --output_dir")
+    add_preflight_flags(parser, "--output_dir")
     parser.add_argument("--device", default=default_device(), help="cuda or cpu (default: cuda if present)")
     parser.add_argument("--seed", type=int, default=0, help="network init, dropout, base-init shuffles, replay draws")
     return parser
@@ -345,8 +341,7 @@ def streaming(args, config, data: VQAData, model: VQAModel, out_dir: Path, ident
         record(out_dir, summary, position, order.segment_names[0], accuracy, predictions, data.val.qid)
         save_checkpoint(ckpt, model, learner, None, position, summary, identity, 0)
         if autosave is not None:
-            autosave.saved()
-            autosave.stop_point(str(ckpt))
+            autosave.checkpointed(str(ckpt))
     start, end = time.time(), order.boundaries[-1]
     boundary_index = {b: k for k, b in enumerate(order.boundaries)}
     segment = int(np.searchsorted(order.boundaries, position, side="right"))  # the one being streamed
@@ -367,8 +362,7 @@ def streaming(args, config, data: VQAData, model: VQAModel, out_dir: Path, ident
             save_checkpoint(ckpt, model, learner, None, done, summary, identity, boundary_index[done])
             segment = boundary_index[done] + 1
             if autosave is not None:
-                autosave.saved()
-                autosave.stop_point(str(ckpt))
+                autosave.checkpointed(str(ckpt))
         elif autosave is not None:
             autosave.tick(lambda: save_here(done))
     return summary
@@ -394,7 +388,7 @@ def offline(args, config, data: VQAData, out_dir: Path, identity: dict, glove,
         record(out_dir, summary, boundary, order.segment_names[k], accuracy, predictions, data.val.qid)
         save_checkpoint(ckpt, model, None, rng, boundary, summary, identity, k)
         if autosave is not None:
-            autosave.stop_point(str(ckpt))
+            autosave.checkpointed(str(ckpt))
     return summary
 
 
@@ -413,7 +407,7 @@ def vqa_budget(title: str, mode: str, train_questions: int, val_questions: int, 
     code_bytes = int(np.prod(code_shape))
     stored = 0 if mode != "stream_with_rehearsal" else (
         train_questions if max_buffer_size is None else min(train_questions, max_buffer_size))
-    entries = stored * budget.entry_bytes(num_classes)
+    entries = stored * entry_bytes(num_classes)
     shared = images * code_bytes + 8 * train_questions
     weights, trainable = budget.module_bytes(net), budget.trainable_bytes(net)
     codebooks = codebook_size * num_channels * 4
@@ -424,7 +418,7 @@ def vqa_budget(title: str, mode: str, train_questions: int, val_questions: int, 
     table.add("questions (train / val)", f"{train_questions:,} / {val_questions:,}")
     table.add("images with codes", images)
     table.add("evaluations (boundaries)", boundaries)
-    table.add("buffer at its largest", f"{stored:,} questions x {budget.entry_bytes(num_classes)} B "
+    table.add("buffer at its largest", f"{stored:,} questions x {entry_bytes(num_classes)} B "
                                        f"= {budget.human(entries)}, referring to {images:,} images' codes "
                                        f"({'x'.join(map(str, code_shape))} = {code_bytes:,} B each) + image rows "
                                        f"= {budget.human(shared)}")
