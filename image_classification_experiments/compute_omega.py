@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -65,6 +66,10 @@ def load_latest(folder: Path) -> tuple[dict, list[int]]:
                 v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values)):
             raise ValueError(f"{files[max(files)]}: {key} must be a list of numbers (accuracies in percent); "
                              "re-create the file with imagenet_experiment.py")
+        bad = [v for v in values if v is not None and not math.isfinite(v)]
+        if key in OMEGA_KEYS.values() and bad:  # json reads NaN and Infinity; Omega would be NaN without a word
+            raise ValueError(f"{files[max(files)]}: {key} holds {bad[0]}, not a finite number (accuracies in "
+                             "percent); re-create the file with imagenet_experiment.py")
     points = sorted(files)
     if len(points) != len(accuracies["seen_classes_top1"]):  # e.g. a resumed run: count evaluations instead
         points = list(range(1, len(accuracies["seen_classes_top1"]) + 1))

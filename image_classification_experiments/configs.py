@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from dataclasses import dataclass
 
 
@@ -47,10 +48,25 @@ class REMINDConfig:
     def __post_init__(self):
         if self.lr_mode not in ("step_lr_per_class", "constant"):
             raise ValueError(f"unknown --lr_mode {self.lr_mode!r}; use step_lr_per_class or constant")
+        if self.seed < 0:  # numpy's generators take no negative seed
+            raise ValueError(f"--seed must be non-negative, got {self.seed}")
         if self.replays_per_step < 0:
             raise ValueError(f"--rehearsal_samples must be non-negative, got {self.replays_per_step}")
         if self.pq_backend not in ("torch", "faiss"):
             raise ValueError(f"unknown --pq_backend {self.pq_backend!r}; use torch or faiss")
+        if self.max_buffer_size is not None and self.max_buffer_size < 1:
+            raise ValueError(f"--max_buffer_size must be positive, got {self.max_buffer_size} (leave it out to keep "
+                             "every example)")
+        # NaN passes every comparison: each rate must be a finite number in its range
+        for name, low, positive in (("start_lr", 0.0, True), ("end_lr", 0.0, True), ("weight_decay", 0.0, False)):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and (value > low if positive else value >= low)):
+                raise ValueError(f"--{FLAGS[name]} must be {'positive' if positive else 'non-negative'} and finite, "
+                                 f"got {value}")
+        if self.lr_step_size < 1:
+            raise ValueError(f"--lr_step_size must be at least 1, got {self.lr_step_size}")
+        if self.use_mixup and not (math.isfinite(self.mixup_alpha) and self.mixup_alpha > 0):
+            raise ValueError(f"--mixup_alpha must be positive and finite with --use_mixup, got {self.mixup_alpha}")
 
 
 # Config field -> flag (argparse dest) of imagenet_experiment / core50_experiment, the original's names.

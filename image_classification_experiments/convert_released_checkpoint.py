@@ -30,8 +30,13 @@ from pathlib import Path
 import torch
 
 from image_classification_experiments.make_numpy_imagenet_label_files import read_class_order
-from image_classification_experiments.resnet_models import (FULL_NETWORKS, ROW_ORDER, build_full_network,
-                                                             copy_matching_state, load_network_state)
+from image_classification_experiments.resnet_models import (
+    FULL_NETWORKS,
+    ROW_ORDER,
+    build_full_network,
+    copy_matching_state,
+    load_network_state,
+)
 from image_classification_experiments.utils_imagenet import DataError, _scan_folder
 from remind.checkpoint import CheckpointError, atomic_torch_save
 from remind.cli import run_main
@@ -79,7 +84,7 @@ def convert(ckpt: str, out: str, order_file: str, images_dir: str | None = None,
         alphabetical = list(classes)
     else:
         alphabetical = sorted(order)
-    state, extras = load_network_state(ckpt)
+    state, extras = load_network_state(ckpt, what="--ckpt checkpoint")
     if extras.get("row_order") == ROW_ORDER:
         raise CheckpointError(f"{ckpt} already has its rows in class order; use it as it is")
     arch = extras.get("arch", arch)

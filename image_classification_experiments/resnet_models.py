@@ -194,9 +194,10 @@ def without_module_prefix(state: dict[str, torch.Tensor]) -> "OrderedDict[str, t
     return OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in state.items())
 
 
-def load_network_state(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+def load_network_state(path: str, what: str = "base-init checkpoint (--classifier_ckpt)"
+                       ) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a base-init checkpoint: its state dict (``module.`` prefixes removed) and extras."""
-    obj = safe_load(path, what="base-init checkpoint (--classifier_ckpt)")
+    obj = safe_load(path, what=what)
     if isinstance(obj, dict) and "state_dict" in obj:
         state = obj["state_dict"]
     elif isinstance(obj, dict) and "model_state" in obj:
@@ -243,9 +244,19 @@ def check_classifier_rows(path: str, run_names: list[str | None]) -> str | None:
     return None
 
 
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise if a floating-point tensor of ``state`` holds NaN or infinity (a run that diverged): a network
+    built from it would train and predict on NaNs without a word."""
+    for name, tensor in state.items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"checkpoint {source}: {name} holds values that are not finite (NaN or inf); the "
+                                  "run that wrote it diverged: use an earlier checkpoint or train again")
+
+
 def copy_matching_state(target: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
     """Copy ``state`` into ``target``, every parameter and buffer by its own name, or raise."""
     own = target.state_dict()
+    check_finite({k: state[k] for k in own if k in state}, source)
     missing = [k for k in own if k not in state]
     mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
                   for k, v in own.items() if k in state and state[k].shape != v.shape]

@@ -43,21 +43,28 @@ def add_preflight_flags(group, folder_flag: str) -> None:
                        help=f"start even if the run's writes would exceed the free disk under {folder_flag}")
 
 
-def run_main(body: Callable[[], int | None], extra_errors: tuple[type[BaseException], ...] = ()) -> int:
-    """Run an entry point's body: input errors print one ``error: ...`` line and give exit status 2."""
+def run_main(body: Callable[[], int | None], extra_errors: tuple[type[BaseException], ...] = (),
+             report: bool = True) -> int:
+    """Run an entry point's body: input errors print one ``error: ...`` line and give exit status 2.
+
+    ``report=False`` keeps the status but prints nothing (the other processes of a torchrun launch, whose
+    rank 0 says it once).
+    """
     try:
         code = body()
     except INPUT_ERRORS + extra_errors as exc:
         message = str(exc)
         if "Original Traceback" in message:  # raised in a DataLoader worker: keep the original message only
             message = message.strip().splitlines()[-1].split(": ", 1)[-1]
-        print("error: " + " ".join(message.split()), file=sys.stderr)
+        if report:
+            print("error: " + " ".join(message.split()), file=sys.stderr)
         return 2
     except OSError as exc:  # the user's paths and disks: unreadable, unwritable, full
         where = f" ({exc.filename})" if exc.filename else ""
         hint = ("; free some space or choose another folder" if exc.errno == errno.ENOSPC else
                 "; check the path and its permissions")
-        print(f"error: {exc.strerror or exc}{where}{hint}", file=sys.stderr)
+        if report:
+            print(f"error: {exc.strerror or exc}{where}{hint}", file=sys.stderr)
         return 2
     except StopRequested as stop:  # SIGINT / SIGTERM: the state was saved at a safe point
         print(str(stop), file=sys.stderr, flush=True)

@@ -32,8 +32,8 @@ def omega(learner, offline) -> float:
             each (``None`` where a point has no value; points where both are
             ``None`` are skipped, e.g. non-base accuracy at base init).
     Raises:
-        ValueError: lists of different lengths, a value in only one list, an
-            offline accuracy <= 0, or no point left.
+        ValueError: lists of different lengths, a value in only one list, a value
+            that is not finite (NaN, inf), an offline accuracy <= 0, or no point left.
     """
     learner, offline = list(learner), list(offline)
     if len(learner) != len(offline):
@@ -45,6 +45,8 @@ def omega(learner, offline) -> float:
             continue
         if ours is None or upper is None:
             raise ValueError(f"evaluation point {t} has a value in only one of the two runs")
+        if not (np.isfinite(ours) and np.isfinite(upper)):
+            raise ValueError(f"evaluation point {t} has an accuracy that is not a finite number ({ours}, {upper})")
         if upper <= 0:
             raise ValueError(f"offline accuracy at evaluation point {t} is {upper}; Omega is undefined")
         ratios.append(ours / upper)
