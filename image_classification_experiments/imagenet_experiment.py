@@ -29,23 +29,44 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-from image_classification_experiments.configs import (PRESETS, config_from_args, config_identity, file_fingerprint,
-                                                      preset_defaults)
+from image_classification_experiments.configs import (
+    PRESETS,
+    config_from_args,
+    config_identity,
+    file_fingerprint,
+    preset_defaults,
+)
 from image_classification_experiments.REMINDModel import REMINDModel
-from image_classification_experiments.stream_run import (ACCURACY_KEYS, OfflineTraining, REMINDStream, ResultFiles,
-                                                         StreamSpec, feature_shape, keep_policy, run_stream,
-                                                         stream_budget)
 from image_classification_experiments.resnet_models import check_classifier_rows
-from image_classification_experiments.utils_imagenet import (DataError, check_class_range, class_names_by_position,
-                                                             default_num_workers, examples_per_class, get_data_loader,
-                                                             label_file, load_labels, unreadable_images)
+from image_classification_experiments.stream_run import (
+    ACCURACY_KEYS,
+    OfflineTraining,
+    REMINDStream,
+    ResultFiles,
+    StreamSpec,
+    feature_shape,
+    keep_policy,
+    run_stream,
+    stream_budget,
+)
+from image_classification_experiments.utils_imagenet import (
+    DataError,
+    check_class_range,
+    class_names_by_position,
+    default_num_workers,
+    examples_per_class,
+    get_data_loader,
+    image_paths,
+    label_file,
+    load_labels,
+    refuse_unreadable,
+)
 from remind import reporting
 from remind.autosave import Autosave
-from remind.checkpoint import CheckpointError
+from remind.checkpoint import CheckpointError, load_state
 from remind.cli import add_preflight_flags, check_device, default_device, run_main
-from remind.pq import check_pq_shape
 from remind.lock import FolderLock
+from remind.pq import check_pq_shape
 
 __all__ = ["ACCURACY_KEYS", "get_args_parser", "learner_args_parser", "main"]
 
@@ -201,19 +222,18 @@ def validate_args(args, spec: StreamSpec):
         raise DataError(f"--checkpoint_every_minutes must be >= 0, got {args.checkpoint_every_minutes}")
     if args.check_images:
         end = spec.points[-1]
-        bad = [path for split in ("train", "val")
-               for path in unreadable_images(args.images_dir, args.label_dir, split, args.min_class, end)]
-        if bad:
-            raise DataError(f"{len(bad)} images cannot be read, e.g. {bad[0]}; replace or remove them (then "
-                            "re-create the label files)")
-        print(f"--check_images: every image of classes {args.min_class}-{end - 1} can be read", flush=True)
+        refuse_unreadable([path for split in ("train", "val")
+                           for path in image_paths(args.images_dir, args.label_dir, split, args.min_class, end)],
+                          f"classes {args.min_class}-{end - 1}")
     lr_examples = resolve_lr_examples(args.lr_examples_per_class,
                                       lambda: load_labels(args.images_dir, args.label_dir, "train"), args.num_classes)
-    if args.resume_full_path is not None and not (Path(args.resume_full_path) /
-                                                  f"remind_buffer_{streaming_min}.pth").is_file():
-        raise CheckpointError(f"no remind_buffer_{streaming_min}.pth in {args.resume_full_path}; "
-                              "pass the run's remind_model/ folder and the increment it reached as "
-                              "--streaming_min_class")
+    if args.resume_full_path is not None:
+        state = Path(args.resume_full_path) / f"remind_buffer_{streaming_min}.pth"
+        if not state.is_file():
+            raise CheckpointError(f"no remind_buffer_{streaming_min}.pth in {args.resume_full_path}; "
+                                  "pass the run's remind_model/ folder and the increment it reached as "
+                                  "--streaming_min_class")
+        load_state(state, "--resume_full_path state")  # damaged: refused here, before the results folder exists
     return config_from_args(args, lr_examples_per_class=lr_examples)
 
 

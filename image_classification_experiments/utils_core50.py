@@ -27,10 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision.transforms as transforms
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from image_classification_experiments.utils_imagenet import IMAGENET_MEAN, IMAGENET_STD, DataError
+from image_classification_experiments.utils_imagenet import (
+    CHECK_IMAGES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DataError,
+    read_image,
+)
 
 NUM_SESSIONS = 11
 NUM_OBJECTS = 50
@@ -78,7 +83,8 @@ def scan_core50(root: str, sessions, frame_stride: int = 1) -> Core50Split:
     """
     base = Path(root)
     if not base.is_dir():
-        raise DataError(f"CORe50 folder {root} does not exist; unzip core50_128x128.zip there so that it holds "
+        problem = "is a file, not a folder" if base.exists() else "does not exist"
+        raise DataError(f"CORe50 folder {root} {problem}; unzip core50_128x128.zip there so that it holds "
                         "s1/ ... s11/ (see docs/core50.md)")
     if frame_stride < 1:
         raise DataError(f"--frame_stride {frame_stride} must be at least 1")
@@ -174,9 +180,7 @@ class Core50Frames(Dataset):
 
     def __getitem__(self, position: int):
         index = int(self.indices[position])
-        with Image.open(self.paths[index]) as image:
-            tensor = self.transform(image.convert("RGB"))
-        return tensor, int(self.labels[index]), index
+        return self.transform(read_image(self.paths[index], hint=CHECK_IMAGES)), int(self.labels[index]), index
 
 
 def core50_loader(split: Core50Split, indices: np.ndarray, batch_size: int, image_size: int,

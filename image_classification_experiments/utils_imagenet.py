@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torchvision.datasets as datasets
 import torchvision.transforms as transforms
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -63,8 +64,10 @@ def label_file(label_dir: str, split: str, dataset_name: str = "imagenet") -> Pa
 def _scan_folder(folder: str) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
     path = Path(folder)
     if not path.is_dir():
-        raise DataError(f"image folder {folder} does not exist; pass --images_dir pointing at a folder "
-                        "with train/ and val/ class sub-folders")
+        not_a_folder = next((p for p in (path, path.parent) if p.exists() and not p.is_dir()), None)
+        problem = f"{not_a_folder} is a file, not a folder" if not_a_folder else f"image folder {folder} does not exist"
+        raise DataError(f"{problem}; the dataset folder (--images_dir, --data) must hold train/ and val/ class "
+                        "sub-folders")
     try:
         folder_set = datasets.ImageFolder(folder)
     except (FileNotFoundError, RuntimeError) as exc:
@@ -141,39 +144,65 @@ class LabelledImageFolder(Dataset):
         self.labels = labels
         self.indices = np.asarray(indices, dtype=np.int64)
         self.transform = transform
-        self.loader = datasets.folder.default_loader
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, position: int):
         index = int(self.indices[position])
-        path = self.samples[index][0]
+        return self.transform(read_image(self.samples[index][0])), int(self.labels[index]), index
+
+
+# ------------------------------------------------------------------ images that cannot be read
+RELABEL = " (then re-create the label files)"
+CHECK_IMAGES = "; --check_images finds all such files up front"
+
+
+def read_image(path, hint: str = RELABEL + CHECK_IMAGES) -> Image.Image:
+    """The image at ``path`` as RGB, or a DataError naming the file (truncated, empty, not an image) that ends
+    in ``hint``."""
+    try:
+        with Image.open(str(path)) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as exc:  # PIL's errors are OSErrors
+        raise DataError(f"image {path} cannot be read ({type(exc).__name__}: {exc}); replace or remove it{hint}") \
+            from None
+
+
+def unreadable(paths) -> list[str]:
+    """The paths among ``paths`` that PIL cannot open and decode."""
+    bad = []
+    for path in paths:
         try:
-            image = self.loader(path)
-        except (OSError, ValueError) as exc:  # truncated, empty, not an image (PIL's errors are OSErrors)
-            raise DataError(f"image {path} cannot be read ({type(exc).__name__}: {exc}); replace or remove it "
-                            "(then re-create the label files); --check_images finds all such files up front") \
-                from None
-        return self.transform(image), int(self.labels[index]), index
+            with Image.open(path) as image:
+                image.load()
+        except (OSError, ValueError):
+            bad.append(str(path))
+    return bad
+
+
+def refuse_unreadable(paths, what: str, hint: str = RELABEL, report: bool = True) -> None:
+    """``--check_images``: open and decode every one of ``paths`` (the images of ``what``) before the run
+    starts; a DataError with the count and one path if any cannot be read (``report``: say so when all can)."""
+    bad = unreadable(paths)
+    if bad:
+        raise DataError(f"{len(bad)} images cannot be read, e.g. {bad[0]}; replace or remove them{hint}")
+    if report:
+        print(f"--check_images: every image of {what} can be read", flush=True)
+
+
+def image_paths(images_dir: str, label_dir: str, split: str, min_class: int, max_class: int,
+                dataset_name: str = "imagenet") -> list[str]:
+    """Paths of the split's images of classes ``[min_class, max_class)``, in file order."""
+    samples, _ = _scan_folder(os.path.join(images_dir, split))
+    labels = load_labels(images_dir, label_dir, split, dataset_name)
+    return [samples[index][0] for index in class_indices(labels, min_class, max_class)]
 
 
 def unreadable_images(images_dir: str, label_dir: str, split: str, min_class: int, max_class: int,
                       dataset_name: str = "imagenet") -> list[str]:
     """Paths of the split's images of classes ``[min_class, max_class)`` that PIL cannot open and decode."""
-    from PIL import Image
-
-    samples, _ = _scan_folder(os.path.join(images_dir, split))
-    labels = load_labels(images_dir, label_dir, split, dataset_name)
-    bad = []
-    for index in class_indices(labels, min_class, max_class):
-        path = samples[index][0]
-        try:
-            with Image.open(path) as image:
-                image.load()
-        except (OSError, ValueError):
-            bad.append(path)
-    return bad
+    return unreadable(image_paths(images_dir, label_dir, split, min_class, max_class, dataset_name))
 
 
 def class_indices(labels: np.ndarray, min_class: int, max_class: int) -> np.ndarray:
