@@ -25,18 +25,32 @@ import torch
 from image_classification_experiments import imagenet_experiment as ie
 from image_classification_experiments.configs import config_from_args, config_identity, file_fingerprint
 from image_classification_experiments.REMINDModel import REMINDModel
-from image_classification_experiments.resnet_models import build_full_network, load_network_state
-from image_classification_experiments.stream_run import (OfflineTraining, REMINDStream, ResultFiles, StreamSpec,
-                                                         feature_shape, keep_policy, run_stream, stream_budget)
-from image_classification_experiments.utils_core50 import (NUM_CATEGORIES, ORDERINGS, Core50Split, core50_loader,
-                                                           load_core50, stream_order)
-from image_classification_experiments.utils_imagenet import DataError
+from image_classification_experiments.resnet_models import build_full_network, check_finite, load_network_state
+from image_classification_experiments.stream_run import (
+    OfflineTraining,
+    REMINDStream,
+    ResultFiles,
+    StreamSpec,
+    feature_shape,
+    keep_policy,
+    run_stream,
+    stream_budget,
+)
+from image_classification_experiments.utils_core50 import (
+    NUM_CATEGORIES,
+    ORDERINGS,
+    Core50Split,
+    core50_loader,
+    load_core50,
+    stream_order,
+)
+from image_classification_experiments.utils_imagenet import DataError, refuse_unreadable
 from remind import reporting
 from remind.autosave import Autosave
 from remind.checkpoint import CheckpointError, atomic_torch_save
 from remind.cli import add_preflight_flags, check_device, run_main
-from remind.pq import check_pq_shape
 from remind.lock import FolderLock
+from remind.pq import check_pq_shape
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -51,7 +65,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="keep every k-th frame of each 20 fps video (20 = 1 fps, the authors' subsampling; 1 = all)")
     g.add_argument("--base_init_fraction", type=float, default=0.1,
                    help="fraction of the stream used for base initialisation (0.1)")
-    g.add_argument("--eval_fraction", type=float, default=0.1, help="evaluate after every this much of the stream (0.1)")
+    g.add_argument("--eval_fraction", type=float, default=0.1,
+                   help="evaluate after every this much of the stream (0.1)")
     g.add_argument("--base_init_epochs", type=int, default=10,
                    help="epochs of offline training of F (its 10-way head included) on the base-init frames' "
                         "codes before streaming; 0 streams from F as loaded, with an untrained head (10)")
@@ -61,6 +76,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--expt_name", type=str, default="remind_core50", help="experiment name (remind_core50)")
     g.add_argument("--save_dir", type=str, default=None,
                    help="results folder (default streaming_experiments/<expt_name>_<order>_seed<k>); reruns resume")
+    g.add_argument("--check_images", action="store_true",
+                   help="open and decode every frame (training and test sessions) before starting, and refuse "
+                        "the run if any cannot be read")
     add_preflight_flags(g, "--save_dir")
     g = p.add_argument_group("weights")
     g.add_argument("--classifier_ckpt", type=str, default=None,
@@ -79,6 +97,8 @@ def validate_args(args) -> None:
             raise DataError(f"--{name} {getattr(args, name)} must be in (0, 1]")
     if args.base_init_epochs < 0 or args.base_init_batch_size < 1 or args.base_init_lr <= 0:
         raise DataError("--base_init_epochs must be >= 0, --base_init_batch_size >= 1 and --base_init_lr > 0")
+    if args.permutation_seed < 0:
+        raise DataError(f"--permutation_seed must be non-negative, got {args.permutation_seed}")
     keep_policy(args.keep_checkpoints)
     if args.checkpoint_every_minutes < 0:
         raise DataError(f"--checkpoint_every_minutes must be >= 0, got {args.checkpoint_every_minutes}")
@@ -115,6 +135,12 @@ def adapted_checkpoint(args) -> dict | None:
         return None
     state, _ = load_network_state(args.classifier_ckpt)
     target = build_full_network(args.base_arch, NUM_CATEGORIES).state_dict()
+    extra = [name for name in state if not name.startswith(("fc.", "model.fc."))
+             and (name if name.startswith("model.") else f"model.{name}") not in target]
+    if extra:  # e.g. a ResNet-34: its first blocks have ResNet-18's names and shapes, the rest would be dropped
+        raise CheckpointError(f"checkpoint {args.classifier_ckpt} does not fit {args.base_arch}: it holds "
+                              f"{len(extra)} tensors {args.base_arch} has no place for (e.g. {extra[0]}; a deeper "
+                              "ResNet?); pass a ResNet-18 checkpoint (torchvision's or this project's)")
     adapted, replaced = {}, []
     for name, tensor in target.items():
         source = state.get(name, state.get(name[len("model."):]) if name.startswith("model.") else None)
@@ -127,6 +153,7 @@ def adapted_checkpoint(args) -> dict | None:
             found = "missing" if source is None else f"shape {tuple(source.shape)} vs {tuple(tensor.shape)}"
             raise CheckpointError(f"checkpoint {args.classifier_ckpt} does not fit {args.base_arch}: {name} "
                                   f"{found}; pass a ResNet-18 checkpoint (torchvision's or this project's)")
+    check_finite(adapted, args.classifier_ckpt)
     if replaced:
         print(f"{args.classifier_ckpt}: its fc does not have {NUM_CATEGORIES} outputs; using a random 10-way fc")
     return adapted
@@ -208,6 +235,9 @@ def main(argv=None) -> int:
         save_dir = save_dir_of(args)
         torch.manual_seed(args.seed)  # random init of G/F (or of the 10-way fc)
         train, test = load_core50(args.data_dir, args.frame_stride)
+        if args.check_images:
+            refuse_unreadable([*train.paths, *test.paths], f"{len(train)} training and {len(test)} test frames",
+                              hint="")
         adapted = adapted_checkpoint(args)  # fails here, before anything is written, if it is bad
         plan = run_budget(args, train, test, save_dir)
         if plan.preflight(args.dry_run, args.skip_disk_check):

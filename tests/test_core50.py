@@ -11,10 +11,15 @@ import pytest
 import torch
 
 from image_classification_experiments import core50_experiment as ce
-from image_classification_experiments.stream_run import ACCURACY_KEYS
 from image_classification_experiments.make_core50_tree import write_core50_tree
-from image_classification_experiments.utils_core50 import (ORDERINGS, Core50Frames, core50_transform, load_core50,
-                                                           stream_order)
+from image_classification_experiments.stream_run import ACCURACY_KEYS
+from image_classification_experiments.utils_core50 import (
+    ORDERINGS,
+    Core50Frames,
+    core50_transform,
+    load_core50,
+    stream_order,
+)
 
 NUM_OBJECTS, FRAMES = 15, 4  # 3 categories
 TRAIN = (1, 2, 4, 5, 6, 8, 9, 11)
@@ -47,7 +52,8 @@ def test_naming_sessions_and_labels(tree, splits):
     for split in splits:
         for path, session, obj, frame, label in zip(split.paths, split.sessions, split.objects, split.frames,
                                                     split.labels):
-            assert Path(path).relative_to(tree).as_posix() == f"s{session}/o{obj}/C_{session:02d}_{obj:02d}_{frame:03d}.png"
+            expected = f"s{session}/o{obj}/C_{session:02d}_{obj:02d}_{frame:03d}.png"
+            assert Path(path).relative_to(tree).as_posix() == expected
             assert label == (obj - 1) // 5
     assert np.bincount(train.labels).tolist() == [8 * 5 * FRAMES] * 3
 
@@ -202,3 +208,30 @@ def test_dry_run_prints_the_budget_and_writes_nothing(tree, tmp_path, capsys):
     assert not save_dir.exists()
     assert "20 examples x 128 B of codes (2x2 x 32 codebooks)" in out  # min(--max_buffer_size, frames)
     assert re.search(rf"training examples\s+{8 * NUM_OBJECTS}\n", out) and "dry run" in out
+
+
+def test_check_images_refuses_unreadable_frames_before_the_run(tree, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "core50"
+    shutil.copytree(tree, copy)
+    broken = copy / "s4" / "o2" / "C_04_02_001.png"
+    broken.write_bytes(b"not a png")
+    save_dir = tmp_path / "out"
+    argv = ["--data_dir", str(copy), "--order", "iid", "--frame_stride", "1", "--image_size", "64",
+            "--num_workers", "0", "--device", "cpu", "--codebook_size", "16", "--base_init_fraction", "1.0",
+            "--eval_fraction", "1.0", "--base_init_epochs", "0", "--save_dir", str(save_dir)]
+    capsys.readouterr()
+    assert ce.main(argv + ["--check_images"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: 1 images cannot be read") and str(broken) in err[0], err
+    assert not save_dir.exists()
+    # without the flag the run meets it: one line naming the frame, no traceback
+    assert ce.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(f"error: image {broken} cannot be read")
+    # a readable tree passes the check (and --dry_run writes nothing)
+    argv[argv.index(str(copy))] = str(tree)
+    assert ce.main(argv + ["--check_images", "--dry_run", "--save_dir", str(tmp_path / "dry")]) == 0
+    assert f"every image of {len(load_core50(str(tree))[0])} training" in capsys.readouterr().out
+    assert not (tmp_path / "dry").exists()
