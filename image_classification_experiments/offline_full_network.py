@@ -25,8 +25,13 @@ import torch
 from image_classification_experiments import train_base_init_network_from_scratch as base_init
 from image_classification_experiments.resnet_models import build_full_network, load_network_state
 from image_classification_experiments.stream_run import ResultFiles, StreamSpec, run_stream
-from image_classification_experiments.utils_imagenet import (DataError, check_class_range, default_num_workers,
-                                                             get_data_loader, load_labels)
+from image_classification_experiments.utils_imagenet import (
+    DataError,
+    check_class_range,
+    default_num_workers,
+    get_data_loader,
+    load_labels,
+)
 from remind import reporting
 from remind.cli import check_device, default_device, run_main
 from remind.lock import FolderLock
@@ -59,20 +64,31 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def validate(args) -> StreamSpec:
-    """The evaluation points, after checking the flags and the label files."""
+    """The evaluation points, after checking the flags and the label files (writing nothing)."""
     check_device(args.device)
     max_class = args.num_classes if args.streaming_max_class is None else args.streaming_max_class
     if args.epochs <= 0 or args.class_increment <= 0 or max_class > args.num_classes:
         raise DataError("--epochs and --class_increment must be positive and --streaming_max_class at most "
                         "--num_classes")
+    if args.batch_size < 1 or args.num_workers < 0:
+        raise DataError(f"--batch_size must be at least 1 and --num_workers at least 0 (got {args.batch_size} and "
+                        f"{args.num_workers})")
     for split in ("train", "val"):
         check_class_range(load_labels(args.images_dir, args.label_dir, split), args.min_class, max_class,
                           f"offline ({split})")
-    return StreamSpec.class_increments(args.base_init_classes, args.class_increment, max_class, args.min_class)
+    spec = StreamSpec.class_increments(args.base_init_classes, args.class_increment, max_class, args.min_class)
+    # the training flags, checked by the trainer itself now rather than after the first networks are trained
+    trainer_args = base_init.get_args_parser().parse_args(trainer_argv(args, spec.points[0])[0])
+    try:
+        base_init.check_args(trainer_args, base_init.Processes())
+    except base_init.UsageError as exc:  # name this script's flags, not the trainer's
+        raise DataError(str(exc).replace("--batch_size", "--train_batch_size")) from None
+    return spec
 
 
-def train_network(args, classes: int) -> Path:
-    """Train (or finish training) the network on classes ``[0, classes)``; returns its checkpoint."""
+def trainer_argv(args, classes: int) -> tuple[list[str], Path]:
+    """train_base_init_network_from_scratch's arguments for the network on classes ``[0, classes)``, and its
+    checkpoint."""
     folder = Path(args.save_dir) / "networks"
     ckpt = folder / f"{args.arch}_{classes}.pth"
     argv = ["--data", args.images_dir, "--labels_dir", args.label_dir, "--arch", args.arch,
@@ -83,12 +99,17 @@ def train_network(args, classes: int) -> Path:
             "--seed", str(args.seed), "--save_dir", str(folder), "--ckpt_file", ckpt.name]
     if args.no_hflip:
         argv.append("--no_hflip")
+    return argv, ckpt
+
+
+def train_network(args, classes: int) -> Path:
+    """Train (or finish training) the network on classes ``[0, classes)``; returns its checkpoint."""
+    argv, ckpt = trainer_argv(args, classes)
     if ckpt.is_file():
         if int(torch.load(ckpt, weights_only=True, mmap=True).get("epoch", 0)) >= args.epochs:
             return ckpt
         argv += ["--resume", str(ckpt)]
-    if base_init.main(argv) != 0:
-        raise DataError(f"training the offline network on {classes} classes failed (see the error above)")
+    base_init.train(base_init.get_args_parser().parse_args(argv), base_init.Processes())  # errors: one line here
     return ckpt
 
 

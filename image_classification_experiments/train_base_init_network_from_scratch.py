@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -42,14 +43,27 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from image_classification_experiments.resnet_models import (FULL_NETWORKS, ROW_ORDER, build_full_network,
-                                                             copy_matching_state, without_module_prefix)
-from image_classification_experiments.utils_imagenet import (DataError, class_names_by_position,
-                                                             default_num_workers, eval_transform, get_data_loader,
-                                                             load_labels, train_transform)
+from image_classification_experiments.resnet_models import (
+    FULL_NETWORKS,
+    ROW_ORDER,
+    build_full_network,
+    copy_matching_state,
+    without_module_prefix,
+)
+from image_classification_experiments.utils_imagenet import (
+    DataError,
+    class_names_by_position,
+    default_num_workers,
+    eval_transform,
+    get_data_loader,
+    image_paths,
+    load_labels,
+    refuse_unreadable,
+    train_transform,
+)
 from remind.checkpoint import CheckpointError, atomic_torch_save, safe_load
-from remind.cli import default_device
-from remind.lock import FolderInUse, FolderLock
+from remind.cli import check_device, default_device, run_main
+from remind.lock import FolderLock
 from remind.metrics import topk_accuracy
 
 
@@ -73,6 +87,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--crop_scale_min", type=float, default=0.08,
                       help="lower bound of RandomResizedCrop's area scale (0.08, torchvision's default)")
     data.add_argument("--no_hflip", action="store_true", help="disable random horizontal flips")
+    data.add_argument("--check_images", action="store_true",
+                      help="open and decode every train and val image of the classes before starting (slow on "
+                           "ImageNet: minutes per 100k images), and refuse the run if any cannot be read")
 
     model = parser.add_argument_group("model and checkpoints")
     model.add_argument("-a", "--arch", default="ResNet18ClassifyAfterLayer4_1", metavar="ARCH",
@@ -139,20 +156,12 @@ class Processes:
 
 
 def resolve_device(name: str, procs: Processes) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a device; pass cuda or cpu") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda but this machine has no usable CUDA device; pass --device cpu")
-        if procs.distributed:
-            if procs.local_rank >= torch.cuda.device_count():
-                raise UsageError(f"torchrun started more processes per node than the "
-                                 f"{torch.cuda.device_count()} GPUs; lower --nproc_per_node")
-            device = torch.device("cuda", procs.local_rank)
-    elif device.type != "cpu":
-        raise UsageError(f"--device {name!r} is not supported; pass cuda or cpu")
+    device = check_device(name)
+    if device.type == "cuda" and procs.distributed:
+        if procs.local_rank >= torch.cuda.device_count():
+            raise UsageError(f"torchrun started more processes per node than the "
+                             f"{torch.cuda.device_count()} GPUs; lower --nproc_per_node")
+        device = torch.device("cuda", procs.local_rank)
     return device
 
 
@@ -176,6 +185,13 @@ def check_args(args, procs: Processes) -> None:
             raise UsageError(f"{flag} must be at least 1 (got {value})")
     if args.workers < 0:
         raise UsageError(f"--workers must be 0 or more (got {args.workers})")
+    if args.seed < 0:  # numpy's SeedSequence takes no negative seed
+        raise UsageError(f"--seed must be non-negative (got {args.seed})")
+    # NaN passes every comparison, and SGD takes lr 0 (40 epochs that change nothing): check each one
+    for flag, value, positive in (("--lr", args.lr, True), ("--momentum", args.momentum, False),
+                                  ("--wd", args.weight_decay, False)):
+        if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+            raise UsageError(f"{flag} must be {'positive' if positive else 'non-negative'} and finite (got {value})")
     if not 0.0 < args.crop_scale_min <= 1.0:
         raise UsageError(f"--crop_scale_min must be in (0, 1] (got {args.crop_scale_min}); 0.08 is standard")
     args.ckpt_file = args.ckpt_file or f"{args.arch}_{args.base_max_class}.pth"
@@ -198,7 +214,9 @@ def check_data(args) -> None:
     for split in ("train", "val"):
         folder = Path(args.data) / split
         if not folder.is_dir():
-            raise DataError(f"image folder {folder} does not exist; pass --data pointing at a folder with "
+            problem = (f"--data {args.data} is a file, not a folder" if Path(args.data).is_file() else
+                       f"image folder {folder} does not exist")
+            raise DataError(f"{problem}; pass --data pointing at a folder with "
                             "train/ and val/ class sub-folders (for a small local dataset run "
                             "python -m image_classification_experiments.make_digits_imagefolder)")
         labels = load_labels(args.data, args.labels_dir, split)
@@ -279,6 +297,10 @@ def prepare(args, procs: Processes) -> Run:
     check_args(args, procs)
     device = resolve_device(args.device, procs)
     check_data(args)
+    if args.check_images:
+        refuse_unreadable([path for split in ("train", "val")
+                           for path in image_paths(args.data, args.labels_dir, split, 0, args.base_max_class)],
+                          f"classes 0-{args.base_max_class - 1}", report=procs.is_main)
     train_loader, val_loader = build_loaders(args, procs, device)
     torch.manual_seed(args.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     network = build_full_network(args.arch, args.num_classes).to(device)
@@ -408,52 +430,47 @@ def fit(model: nn.Module, run: Run, args, procs: Processes) -> None:
 
 
 # ------------------------------------------------------------------ entry point
-def _report(exc: Exception, procs: Processes) -> int:
-    if procs.is_main:
-        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
-    return 2
+def train(args, procs: Processes) -> None:
+    """Check every input (writing nothing), then train or evaluate; input errors are raised, for run_main
+    (or a caller such as offline_full_network) to report."""
+    lock = FolderLock(args.save_dir, "--save_dir") if procs.is_main and not args.evaluate else nullcontext()
+    run = prepare(args, procs)
+    with lock:  # one training run per checkpoint folder
+        if procs.is_main:
+            print(json.dumps({**vars(args), "world_size": procs.world_size, "device": str(run.device)}), flush=True)
+            print(f"{len(run.train_loader.dataset)} train and {len(run.val_loader.dataset)} val images of classes "
+                  f"[0, {args.base_max_class}); {procs.world_size} process(es)", flush=True)
+        if run.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        if procs.distributed:
+            init_distributed(procs, run.device)
+        model = run.network
+        if procs.distributed:
+            model = DistributedDataParallel(run.network, device_ids=[run.device.index] if run.device.type == "cuda"
+                                            else None)
+        try:
+            if args.evaluate:
+                top1, top5 = evaluate(run, procs)
+                if procs.is_main:
+                    print(f"val top-1 {top1:.2f}  val top-5 {top5:.2f}", flush=True)
+            elif run.start_epoch >= args.epochs:
+                if procs.is_main:
+                    print(f"already trained: {args.resume} has {run.start_epoch} of --epochs {args.epochs}; "
+                          "nothing to do (--overwrite trains again from scratch)")
+            else:
+                fit(model, run, args, procs)
+                if procs.is_main:
+                    print(f"done: best val top-1 {run.best_acc1:.2f}; checkpoint "
+                          f"{Path(args.save_dir) / args.ckpt_file}", flush=True)
+        finally:
+            if procs.distributed:
+                torch_dist.destroy_process_group()
 
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     procs = Processes.from_env()
-    lock = FolderLock(args.save_dir, "--save_dir") if procs.is_main and not args.evaluate else nullcontext()
-    try:
-        run = prepare(args, procs)
-        lock.__enter__()  # one training run per checkpoint folder
-    except (UsageError, DataError, CheckpointError, FolderInUse) as exc:
-        return _report(exc, procs)
-    if procs.is_main:
-        print(json.dumps({**vars(args), "world_size": procs.world_size, "device": str(run.device)}), flush=True)
-        print(f"{len(run.train_loader.dataset)} train and {len(run.val_loader.dataset)} val images of classes "
-              f"[0, {args.base_max_class}); {procs.world_size} process(es)", flush=True)
-    if run.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    if procs.distributed:
-        init_distributed(procs, run.device)
-    model = run.network
-    if procs.distributed:
-        model = DistributedDataParallel(run.network, device_ids=[run.device.index] if run.device.type == "cuda"
-                                        else None)
-    try:
-        if args.evaluate:
-            top1, top5 = evaluate(run, procs)
-            if procs.is_main:
-                print(f"val top-1 {top1:.2f}  val top-5 {top5:.2f}", flush=True)
-        elif run.start_epoch >= args.epochs:
-            if procs.is_main:
-                print(f"already trained: {args.resume} has {run.start_epoch} of --epochs {args.epochs}; nothing "
-                      "to do (--overwrite trains again from scratch)")
-        else:
-            fit(model, run, args, procs)
-            if procs.is_main:
-                print(f"done: best val top-1 {run.best_acc1:.2f}; checkpoint "
-                      f"{Path(args.save_dir) / args.ckpt_file}", flush=True)
-    finally:
-        if procs.distributed:
-            torch_dist.destroy_process_group()
-        lock.__exit__(None, None, None)
-    return 0
+    return run_main(lambda: train(args, procs), report=procs.is_main)  # rank 0 reports an error once
 
 
 if __name__ == "__main__":

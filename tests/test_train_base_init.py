@@ -159,3 +159,34 @@ def test_rerun_of_a_finished_training_changes_nothing(digits, trained, tmp_path,
     assert base_init.main(tiny_args(digits, copy, "--epochs", "2")) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (copy / f"best_{CKPT}").read_bytes() == before[f"best_{CKPT}"][1]
+
+
+def first_base_image(data: Path, split: str) -> Path:
+    """An image of class 0..BASE_MAX_CLASS-1 (one the run uses) in ``split``."""
+    labels = np.load(data / "imagenet_indices" / f"imagenet_{split}_labels.npy")
+    folder = data / split
+    paths = sorted(p for p in folder.rglob("*.png"))  # ImageFolder's order: class folders, then file names
+    return paths[int(np.nonzero(labels < BASE_MAX_CLASS)[0][0])]
+
+
+def test_check_images_refuses_unreadable_images_before_training(digits, trained, tmp_path, capsys):
+    copy = tmp_path / "digits"
+    shutil.copytree(digits, copy)
+    broken = first_base_image(copy, "val")
+    broken.write_bytes(b"")  # a zero-byte image
+    save_dir = tmp_path / "save"
+    capsys.readouterr()
+    assert base_init.main(tiny_args(copy, save_dir, "--epochs", "1", "--check_images")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: 1 images cannot be read") and str(broken) in err[0], err
+    assert not save_dir.exists()
+    # without the flag the run meets it (after training an epoch): one line naming the file, no traceback
+    assert base_init.main(tiny_args(copy, save_dir, "--epochs", "1")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(f"error: image {broken} cannot be read")
+    # a readable tree passes the check
+    rerun = tmp_path / "rerun"
+    shutil.copytree(trained, rerun)
+    assert base_init.main(tiny_args(digits, rerun, "--epochs", "2", "--check_images")) == 0
+    out = capsys.readouterr().out
+    assert f"every image of classes 0-{BASE_MAX_CLASS - 1} can be read" in out and "already trained" in out
