@@ -26,12 +26,10 @@ import torchvision
 from PIL import Image
 from tqdm import tqdm
 
-from image_classification_experiments.utils_imagenet import IMAGENET_MEAN, IMAGENET_STD
+from image_classification_experiments.utils_imagenet import IMAGENET_MEAN, IMAGENET_STD, read_image
 from remind.checkpoint import CheckpointError, atomic_write_text, safe_load
-from remind.cli import default_device, run_main
+from remind.cli import check_device, default_device, run_main
 from vqa_experiments.vqa_data import VQADataError, atomic_npy, feature_paths
-
-
 
 
 def build_trunk(arch: str, stage: int, weights: str | None, random_init: bool, seed: int = 0) -> nn.Sequential:
@@ -77,15 +75,14 @@ class ImageList(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        with Image.open(self.paths[index]) as img:
-            img = img.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
+        img = read_image(self.paths[index], hint="").resize((self.image_size, self.image_size), Image.BICUBIC)
         x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
         return (x - self.mean) / self.std
 
 
 def check_images(images: list[tuple[int, Path]]) -> list[int]:
     if not images:
-        raise VQADataError("no images found; check --path")
+        raise VQADataError("no images found; check the dataset folder given (--path, or --images of PQ encoding)")
     ids = [iid for iid, _ in images]
     if len(set(ids)) != len(ids):
         raise VQADataError("two images have the same image id; check the image folders")
@@ -143,6 +140,14 @@ def add_trunk_arguments(parser: argparse.ArgumentParser, arch: str, stage: int) 
     parser.add_argument("--num_workers", type=int, default=2)
 
 
+def check_trunk_arguments(args) -> None:
+    """The trunk's and the loader's flags, and ``--device``, checked before any image is read."""
+    check_device(args.device)
+    if args.image_size < 32 or args.batch_size < 1 or args.num_workers < 0:
+        raise VQADataError(f"--image_size must be at least 32, --batch_size at least 1 and --num_workers at least 0 "
+                           f"(got {args.image_size}, {args.batch_size} and {args.num_workers})")
+
+
 def add_arguments(parser: argparse.ArgumentParser, arch: str, stage: int) -> None:
     parser.add_argument("--path", required=True, help="dataset folder holding the images")
     parser.add_argument("--out", default=None, help="work folder for the features (default: --path)")
@@ -159,6 +164,7 @@ def run(dataset: str, images_fn, argv, arch: str, stage: int, doc: str) -> int:
     args = parser.parse_args(argv)
 
     def body():
+        check_trunk_arguments(args)
         images = images_fn(Path(args.path))
         print(json.dumps(extract(dataset, images, args.out or args.path, args.model, args.model_stage, args.weights,
                                  args.random_init, args.image_size, args.batch_size, args.num_workers, args.device,

@@ -26,12 +26,28 @@ import numpy as np
 import torch
 
 from remind.checkpoint import atomic_write_text, save_state
-from remind.cli import default_device, run_main
+from remind.cli import check_device, default_device, run_main
 from remind.pq import PQCodec, TrainingVectorSampler, check_pq_shape
 from vqa_experiments.configs import default_config
-from vqa_experiments.image_features import add_trunk_arguments, build_trunk, check_images, image_map, trunk_batches
-from vqa_experiments.vqa_data import VQADataError, atomic_npy, base_init_image_ids, feature_paths, \
-    image_rows, load_image_map, load_lut, load_questions, stream_order
+from vqa_experiments.image_features import (
+    add_trunk_arguments,
+    build_trunk,
+    check_images,
+    check_trunk_arguments,
+    image_map,
+    trunk_batches,
+)
+from vqa_experiments.vqa_data import (
+    VQADataError,
+    atomic_npy,
+    base_init_image_ids,
+    feature_paths,
+    image_rows,
+    load_image_map,
+    load_lut,
+    load_questions,
+    stream_order,
+)
 
 
 def sample_training_vectors(features: np.ndarray, rows: np.ndarray, count: int, rng: np.random.Generator,
@@ -78,6 +94,14 @@ def run(dataset: str, argv=None, doc: str = __doc__, images_fn=None, arch: str =
     args = parser.parse_args(argv)
 
     def body():
+        check_device(args.device)
+        for flag, value in (("--train_vectors", args.train_vectors), ("--num_classes", args.num_classes)):
+            if value is not None and value < 1:  # 0 would silently mean the default
+                raise VQADataError(f"{flag} must be at least 1, got {value} (leave it out for the default)")
+        if args.seed < 0:  # numpy's generators take no negative seed
+            raise VQADataError(f"--seed must be non-negative, got {args.seed}")
+        if args.images is not None:
+            check_trunk_arguments(args)
         if args.images is None:
             summary = encode_dataset(dataset, args)
         else:
@@ -161,6 +185,24 @@ def encode_from_images(dataset: str, args, images: list) -> dict:
     return storage_report(paths, len(images), feature_shape, code_shape)
 
 
+def extraction_hint(dataset: str, data_path) -> str:
+    return (f"re-run vqa_experiments/{dataset}/extract_image_features_{dataset}.py --path <{dataset.upper()} folder> "
+            f"--out {data_path} --overwrite")
+
+
+def load_features(path: Path, dataset: str, data_path) -> np.ndarray:
+    """The float feature maps ``(N, H, W, C)``, memory-mapped, or one error naming the file and the fix."""
+    try:
+        features = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:  # truncated (mmap longer than the file), not a .npy
+        raise VQADataError(f"{path} cannot be read ({exc}); it is truncated or not a feature file: "
+                           f"{extraction_hint(dataset, data_path)}") from None
+    if features.ndim != 4 or features.dtype.kind != "f" or 0 in features.shape:
+        raise VQADataError(f"{path} holds {features.dtype} {features.shape}, not float feature maps (N, H, W, C): "
+                           f"{extraction_hint(dataset, data_path)}")
+    return features
+
+
 def encode_dataset(dataset: str, args) -> dict:
     paths = feature_paths(args.data_path, dataset, args.data_order)
     for key in ("codes", "codec"):
@@ -169,7 +211,7 @@ def encode_dataset(dataset: str, args) -> dict:
     if not paths["features"].is_file():
         raise VQADataError(f"{paths['features']} not found; run vqa_experiments/{dataset}/extract_image_features_"
                            f"{dataset}.py --path <{dataset.upper()} folder> --out {args.data_path} first")
-    features = np.load(paths["features"], mmap_mode="r")
+    features = load_features(paths["features"], dataset, args.data_path)
     check_pq_shape(features.shape[-1], args.num_codebooks, args.codebook_size)
     id_to_row = load_image_map(paths["map"])
     if len(id_to_row) != len(features):
@@ -179,6 +221,9 @@ def encode_dataset(dataset: str, args) -> dict:
     rng = np.random.default_rng(args.seed)
     count = args.train_vectors or 256 * args.codebook_size
     vectors = sample_training_vectors(features, rows, count, rng)
+    if not np.isfinite(vectors).all():
+        raise VQADataError(f"{paths['features']} holds values that are not finite (NaN or inf); "
+                           f"{extraction_hint(dataset, args.data_path)}")
     print(f"training PQ ({args.num_codebooks} codebooks x {args.codebook_size}) on {len(vectors)} vectors from "
           f"{len(rows)} base-init images ({args.data_order} order)", flush=True)
     codec = PQCodec.train(vectors, args.num_codebooks, args.codebook_size, seed=args.seed, device=args.device)

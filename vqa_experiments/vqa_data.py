@@ -17,12 +17,15 @@ import argparse
 import json
 import os
 import random
+import zipfile
+import zlib
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from remind.checkpoint import atomic_write, atomic_write_text, load_state
 from remind.cli import run_main
@@ -230,16 +233,20 @@ def load_questions(data_path, dataset: str, split: str, text: bool = False) -> Q
     if not path.is_file():
         raise VQADataError(f"question file not found: {path}; run vqa_experiments/{dataset}/preprocess_{dataset}.py "
                            f"--path <{dataset.upper()} folder> --out {data_path}")
+    rerun = (f"re-run vqa_experiments/{dataset}/preprocess_{dataset}.py --path <{dataset.upper()} folder> "
+             f"--out {data_path}")
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [f for f in QUESTION_FIELDS if f not in data.files]
             if missing:
-                raise VQADataError(f"{path} lacks {missing}; re-run preprocessing")
+                raise VQADataError(f"{path} lacks {missing}; {rerun}")
             return Questions(**{f: data[f] if text or f not in ("q", "a") else None for f in QUESTION_FIELDS})
-    except (OSError, ValueError, EOFError) as exc:
-        if isinstance(exc, VQADataError):
-            raise
-        raise VQADataError(f"{path} cannot be read ({exc}); re-run preprocessing") from None
+    except VQADataError:
+        raise
+    # truncated or damaged: not a zip, a bad member (CRC, deflate stream), a bad .npy header, a pickle
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise VQADataError(f"{path} cannot be read ({type(exc).__name__}: {exc}); it is truncated or damaged: "
+                           f"{rerun}") from None
 
 
 def load_lut(data_path, dataset: str) -> dict:
@@ -332,17 +339,25 @@ def load_codes(data_path, dataset: str, data_order: str) -> tuple[np.ndarray, PQ
         if not paths[key].is_file():
             raise VQADataError(f"{paths[key]} not found; run vqa_experiments/{dataset}/pq_encoding_{dataset}.py "
                                f"--data_path {data_path} --data_order {data_order}")
+    rerun = (f"re-run vqa_experiments/{dataset}/pq_encoding_{dataset}.py --data_path {data_path} --data_order "
+             f"{data_order} --overwrite")
     try:
         codes = np.load(paths["codes"], mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        raise VQADataError(f"{paths['codes']} cannot be read ({exc}); re-run PQ encoding") from None
+    except (OSError, ValueError, EOFError) as exc:  # truncated (mmap longer than the file), not a .npy
+        raise VQADataError(f"{paths['codes']} cannot be read ({exc}); it is truncated or not a codes file: "
+                           f"{rerun}") from None
     if codes.dtype != np.uint8 or codes.ndim != 4:
-        raise VQADataError(f"{paths['codes']} holds {codes.dtype} {codes.shape}, expected uint8 (N, H, W, M)")
+        raise VQADataError(f"{paths['codes']} holds {codes.dtype} {codes.shape}, expected uint8 (N, H, W, M); {rerun}")
     tensors, meta = load_state(paths["codec"], "PQ codec")
-    codec = PQCodec(tensors["centroids"])
+    centroids = tensors.get("centroids")
+    if not (torch.is_tensor(centroids) and centroids.is_floating_point() and centroids.ndim == 3
+            and bool(torch.isfinite(centroids).all())):
+        raise VQADataError(f"{paths['codec']} holds no PQ centroids (a finite float tensor of codebooks x "
+                           f"centroids x sub-vector size); {rerun}")
+    codec = PQCodec(centroids)
     if codec.num_codebooks != codes.shape[3]:
         raise VQADataError(f"{paths['codes']} has {codes.shape[3]} codes per location but the codec has "
-                           f"{codec.num_codebooks} codebooks; re-run PQ encoding")
+                           f"{codec.num_codebooks} codebooks; {rerun}")
     id_to_row = load_image_map(paths["map"])
     if len(id_to_row) != len(codes):
         raise VQADataError(f"{paths['map']} maps {len(id_to_row)} images but {paths['codes']} has {len(codes)} rows; "

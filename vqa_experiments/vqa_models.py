@@ -47,23 +47,34 @@ def load_word_vectors(path: str | Path, dictionary: Dictionary) -> tuple[np.ndar
     path = Path(path)
     if not path.is_file():
         raise VQADataError(f"word vector file not found: {path} (GloVe text format, e.g. glove.6B.300d.txt)")
-    if path.suffix == ".npy":
-        weights = np.load(path, allow_pickle=False).astype(np.float32)
-        return weights, len(weights)
-    found: dict[str, np.ndarray] = {}
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf8") as handle:
-        for line in handle:
-            word, _, rest = line.rstrip().partition(" ")
-            if word in dictionary.word2idx and word not in found:
-                found[word] = np.array(rest.split(" "), dtype=np.float32)
-    if not found:
-        raise VQADataError(f"{path} holds none of the {dictionary.ntoken} question words; is it a GloVe text file?")
-    dim = len(next(iter(found.values())))
-    weights = np.random.default_rng(0).normal(0, 0.1, (dictionary.ntoken, dim)).astype(np.float32)
-    for word, vector in found.items():
-        weights[dictionary.word2idx[word]] = vector
-    return weights, len(found)
+    try:
+        if path.suffix == ".npy":
+            weights = np.load(path, allow_pickle=False).astype(np.float32)
+            if weights.ndim != 2 or not np.isfinite(weights).all():
+                problem = f"a {weights.ndim}-D array" if weights.ndim != 2 else "values that are not finite"
+                raise VQADataError(f"word vector file {path} holds {problem}; it must be a (words x dim) matrix of "
+                                   "finite floats")
+            return weights, len(weights)
+        found: dict[str, np.ndarray] = {}
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf8") as handle:
+            for line in handle:
+                word, _, rest = line.rstrip().partition(" ")
+                if word in dictionary.word2idx and word not in found:
+                    found[word] = np.array(rest.split(" "), dtype=np.float32)
+        if not found:
+            raise VQADataError(f"{path} holds none of the {dictionary.ntoken} question words; is it a GloVe text "
+                               "file?")
+        dim = len(next(iter(found.values())))
+        weights = np.random.default_rng(0).normal(0, 0.1, (dictionary.ntoken, dim)).astype(np.float32)
+        for word, vector in found.items():
+            weights[dictionary.word2idx[word]] = vector  # rows of another length: ValueError
+        return weights, len(found)
+    except VQADataError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:  # not text (UnicodeDecodeError), not numbers, a bad .npy / .gz
+        raise VQADataError(f"word vector file {path} cannot be read ({type(exc).__name__}: {exc}); pass GloVe's "
+                           "text file (glove.6B.300d.txt) or a (words x dim) float .npy matrix") from None
 
 
 class QuestionEncoder(nn.Module):

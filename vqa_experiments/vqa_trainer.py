@@ -25,6 +25,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -34,17 +35,31 @@ import torch
 import torch.nn as nn
 
 from remind import budget, reporting
-from remind.buffer import ReplayBuffer, SharedCodes, entry_bytes
 from remind.autosave import Autosave
-from remind.checkpoint import (atomic_write_text, load_run_state, remove_stale_temporaries, rng_from_json,
-                               rng_state_to_json, save_run_state)
+from remind.buffer import ReplayBuffer, SharedCodes, entry_bytes
+from remind.checkpoint import (
+    atomic_write_text,
+    load_run_state,
+    remove_stale_temporaries,
+    rng_from_json,
+    rng_state_to_json,
+    save_run_state,
+)
 from remind.cli import add_preflight_flags, check_device, default_device, run_main
 from remind.learner import ReplayBatch, StreamingLearner
 from remind.lock import FolderLock
 from vqa_experiments.configs import get_config, override
 from vqa_experiments.metric import accuracy_by_type
-from vqa_experiments.vqa_data import Dictionary, VQADataError, image_rows, load_codes, load_lut, \
-    load_questions, stream_order
+from vqa_experiments.vqa_data import (
+    FEATURE_NAMES,
+    Dictionary,
+    VQADataError,
+    image_rows,
+    load_codes,
+    load_lut,
+    load_questions,
+    stream_order,
+)
 from vqa_experiments.vqa_models import build_model, load_word_vectors
 
 CHECKPOINT = "checkpoint.pt"
@@ -113,6 +128,10 @@ class VQAData:
         self.device = torch.device(args.device)
         self.codec = codec.to(self.device)
         self.codes = torch.from_numpy(np.array(codes)).to(self.device)  # a writable copy of the memory map
+        if len(self.codes) and int(self.codes.max()) >= codec.codebook_size:
+            raise VQADataError(f"the PQ codes of {args.data_path} hold code {int(self.codes.max())} but the codec has "
+                               f"{codec.codebook_size} centroids per codebook: codes and codec come from different "
+                               "runs; re-run PQ encoding with --overwrite")
         self.code_shape = tuple(self.codes.shape[1:])
         self.imnorm = config.imnorm
         self.tables = {}
@@ -458,17 +477,29 @@ def prepare(args):
     config = override(config, args.set)
     if args.lr is not None:
         config = dataclasses.replace(config, lr=args.lr)
-    for name in ("max_epochs", "train_batch_size", "val_batch_size", "num_classes", "emb_dim", "lstm_out"):
+    for name in ("max_epochs", "train_batch_size", "val_batch_size", "num_classes", "emb_dim", "lstm_out",
+                 "num_hidden", "num_attn_hops", "attention_hidden", "mac_dim", "mac_max_step"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(config, name)} (--set {name}=...)")
-    if config.replays_per_step < 0 or not config.lr > 0:
+    if config.replays_per_step < 0 or not (config.lr > 0 and math.isfinite(config.lr)):
         raise ValueError("replays_per_step must be >= 0 and lr > 0 (--set / --lr)")
+    for name, choices in (("dataset", FEATURE_NAMES), ("model", ("smac", "updown")), ("optimizer", ("adamax",))):
+        if getattr(config, name) not in choices:
+            raise ValueError(f"--set {name}={getattr(config, name)}: {name} must be one of {', '.join(choices)}")
+    if not 0 <= config.mac_dropout < 1 or not 0 <= config.ema_decay <= 1:  # NaN fails both
+        raise ValueError(f"mac_dropout must be in [0, 1) and ema_decay in [0, 1], got {config.mac_dropout} and "
+                         f"{config.ema_decay} (--set mac_dropout=... / ema_decay=...)")
+    if args.max_buffer_size is not None and args.rehearsal_mode != "limited_buffer":
+        raise ValueError(f"--max_buffer_size {args.max_buffer_size} only applies with --rehearsal_mode "
+                         "limited_buffer (the default keeps every question); add that flag or drop this one")
     if args.rehearsal_mode == "limited_buffer":
         if args.max_buffer_size is None or args.max_buffer_size <= 0:
             raise ValueError("--rehearsal_mode limited_buffer needs a positive --max_buffer_size")
         if not args.stream_with_rehearsal:
             raise ValueError("--rehearsal_mode limited_buffer only applies to --stream_with_rehearsal")
     check_device(args.device)
+    if args.seed < 0:  # numpy's generators take no negative seed
+        raise ValueError(f"--seed must be non-negative, got {args.seed}")
     if args.checkpoint_every_minutes < 0:
         raise ValueError(f"--checkpoint_every_minutes must be >= 0, got {args.checkpoint_every_minutes}")
     data = VQAData(args, config)
