@@ -66,8 +66,8 @@ def load_latest(folder: Path) -> tuple[dict, list[int]]:
                 v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values)):
             raise ValueError(f"{files[max(files)]}: {key} must be a list of numbers (accuracies in percent); "
                              "re-create the file with imagenet_experiment.py")
-        bad = [v for v in values if v is not None and not math.isfinite(v)]
-        if key in OMEGA_KEYS.values() and bad:  # json reads NaN and Infinity; Omega would be NaN without a word
+        bad = [v for v in values if v is not None and not math.isfinite(v)] if key in OMEGA_KEYS.values() else []
+        if bad:  # json reads NaN and Infinity; Omega would be NaN without a word
             raise ValueError(f"{files[max(files)]}: {key} holds {bad[0]}, not a finite number (accuracies in "
                              "percent); re-create the file with imagenet_experiment.py")
     points = sorted(files)
