@@ -757,8 +757,7 @@ add(EX, "--weights of random bytes", "cannot be read",
     lambda c: (lambda a: ([x for x in a[0] if x != "--random_init"] + ["--weights", str(random_bytes(c.tmp / "w"))],
                           a[1]))(ex_argv(c)))
 add(EX, "--weights of another ResNet depth (ResNet-34 for --model resnet18)", "resnet18",
-    xfail="image_features.build_trunk (being changed for issue 13) loads the first blocks of a deeper ResNet's "
-          "weights into the trunk without a word",
+    fixed="build_trunk refuses weights of another ResNet depth (it loaded a deeper one's first blocks silently)",
     build=lambda c: (lambda a: ([x for x in a[0] if x != "--random_init"] + ["--weights", str(other_arch_ckpt(c.tmp))],
                           a[1]))(ex_argv(c)))
 add(EX, "an image that is a zero-byte file", "cannot be read", fixed="VQA images that cannot be read: one line",
@@ -901,8 +900,7 @@ add(MS, "--image_size 8", "--image_size 8",
 add(MS, "--out that is a file", "is a file",
     lambda c: (["--out", str(write(c.tmp / "file", "keep"))], [c.tmp / "file"]))
 add(MS, "--out below a file", "Not a directory",
-    xfail="make_synthetic_vqa (being changed for issue 13) does not run inside remind.cli.run_main: the OSError "
-          "of a --out it cannot create is a traceback",
+    fixed="make_synthetic_vqa runs inside remind.cli.run_main (an OSError of --out was a traceback)",
     build=lambda c: (["--out", str(write(c.tmp / "file", "keep") / "raw"), "--num_train_images", "1",
                       "--num_val_images", "1", "--image_size", "32"], [c.tmp / "file"]))
 add(MS, "--out holding a dataset already", "--overwrite",

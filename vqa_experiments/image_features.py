@@ -8,7 +8,8 @@ No weights can be downloaded here: pass torchvision's ImageNet file
 (``--weights resnet101-*.pth``, from https://download.pytorch.org/models/),
 or a ResNet checkpoint you trained (any state dict with torchvision's key
 names, optionally under 'state_dict' / 'model_state_dict' and with a
-'module.' prefix), or say ``--random_init`` to use a randomly initialised
+'module.' prefix; ``train_scene_trunk.py`` writes one from scene
+annotations, which is what ``make demo-vqa`` uses), or say ``--random_init`` to use a randomly initialised
 trunk (for smoke tests and the offline demo only).
 """
 from __future__ import annotations
@@ -32,6 +33,17 @@ from remind.cli import check_device, default_device, run_main
 from vqa_experiments.vqa_data import VQADataError, atomic_npy, feature_paths
 
 
+def trained_stages(state) -> int | None:
+    """How deep a ``train_scene_trunk`` file was trained (its meta says), or None for any other weights file."""
+    if not isinstance(state, dict) or not isinstance(state.get("meta_json"), str):
+        return None
+    try:
+        stage = json.loads(state["meta_json"]).get("trained_through_stage")
+    except (ValueError, AttributeError):
+        return None
+    return stage if isinstance(stage, int) else None
+
+
 def build_trunk(arch: str, stage: int, weights: str | None, random_init: bool, seed: int = 0) -> nn.Sequential:
     """``conv1 .. layer{stage}`` of a torchvision ResNet, frozen, in eval mode."""
     if (weights is None) == (not random_init):
@@ -41,6 +53,10 @@ def build_trunk(arch: str, stage: int, weights: str | None, random_init: bool, s
     net = getattr(torchvision.models, arch)(weights=None)
     if weights is not None:
         state = safe_load(weights, f"{arch} weights")
+        trained = trained_stages(state)
+        if trained is not None and stage > trained:
+            raise CheckpointError(f"{weights} was trained through layer{trained} only (train_scene_trunk "
+                                  f"--model_stage {trained}); pass --model_stage {trained} or less")
         for key in ("state_dict", "model_state_dict"):
             if isinstance(state, dict) and key in state and isinstance(state[key], dict):
                 state = state[key]
@@ -52,6 +68,11 @@ def build_trunk(arch: str, stage: int, weights: str | None, random_init: bool, s
         if missing:
             raise CheckpointError(f"{weights} is not a {arch} checkpoint: it lacks {len(missing)} tensors "
                                   f"(e.g. {missing[0]})")
+        extra = [k for k in state if k.split(".")[0] in ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
+                 and k not in wanted]
+        if extra:
+            raise CheckpointError(f"{weights} holds tensors a {arch} does not have (e.g. {extra[0]}): it is another "
+                                  "ResNet depth; pass its --model")
         bad = [k for k in wanted if tuple(state[k].shape) != tuple(wanted[k].shape)]
         if bad:
             raise CheckpointError(f"{weights}: {bad[0]} has shape {tuple(state[bad[0]].shape)}, {arch} needs "

@@ -18,6 +18,11 @@ bright outline and a specular highlight). The same scenes are written twice::
     OUT/TDIUC/Questions/OpenEnded_mscoco_{split}2014_questions.json
     OUT/TDIUC/Annotations/mscoco_{split}2014_annotations.json
 
+Beyond the real layouts, each TDIUC annotation carries ``question_family`` (the template, e.g.
+``query_color``; CLEVR's files have ``question_family_index``): the demo uses it to state each question
+type's chance level. ``--num_pretrain_images N`` also writes ``OUT/pretrain_scenes/`` (images and a
+scene file, no questions, disjoint from train and val) for training a feature trunk.
+
 with ``image_id = 1000000 + index`` (train) or ``2000000 + index`` (val) and
 ``question_id = image_id * 100 + k`` for the k-th question of an image. CLEVR questions cycle
 through the 5 types count, exist, compare_integer, compare_attribute and query_attribute (the type is
@@ -46,6 +51,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from remind.checkpoint import atomic_write_text
+from remind.cli import run_main
 
 # CLEVR's own palette.
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -90,6 +96,9 @@ TRAIN_IMAGE_ID_BASE, VAL_IMAGE_ID_BASE = 1_000_000, 2_000_000
 MAX_IMAGES_PER_SPLIT = 1_000_000
 MAX_QUESTIONS_PER_IMAGE = 100  # question_id = image_id * 100 + k
 CLEVR_DIR, TDIUC_DIR = "CLEVR_v1.0", "TDIUC"
+# Scenes without questions, disjoint from train and val: what the demo trains its trunk on (the stand-in for
+# ImageNet, on which the real runs' trunks were trained).
+PRETRAIN_DIR = "pretrain_scenes"
 
 Scene = dict[str, Any]
 Description = dict[str, str]
@@ -644,7 +653,7 @@ def _write_split(rng: np.random.Generator, stage: Path, split: str, num_images: 
             tdiuc_annotations.append({
                 "image_id": image_id, "question_id": question_id, "question_type": question.qtype,
                 "answers": [{"answer": question.answer, "answer_confidence": "yes", "answer_id": 1}],
-                "ans_source": "generation",
+                "ans_source": "generation", "question_family": question.family,
             })
     clevr_info = {"split": split, "version": "1.0", "date": "synthetic", "license": "MIT", **info}
     write_json_atomic(stage / CLEVR_DIR / "scenes" / f"CLEVR_{split}_scenes.json",
@@ -667,6 +676,46 @@ def _write_split(rng: np.random.Generator, stage: Path, split: str, num_images: 
         tdiuc_types[a["question_type"]] += 1
     return {"images": num_images, "clevr_questions": len(clevr_questions), "tdiuc_questions": len(tdiuc_questions),
             "clevr_types": clevr_types, "tdiuc_types": tdiuc_types}
+
+
+def generate_scenes(out_dir: str | os.PathLike, num_images: int, image_size: int = 128, seed: int = 0,
+                    overwrite: bool = False) -> dict[str, Any]:
+    """Write ``OUT/pretrain_scenes/images/SCENE_{index:06d}.png`` and ``OUT/pretrain_scenes/scenes.json``.
+
+    Scenes only (CLEVR's scene-JSON format, split "pretrain"), drawn from their own generator, so the train
+    and val data of :func:`generate` with the same seed do not change. Same refusal rules as :func:`generate`.
+    """
+    if not 1 <= num_images < MAX_IMAGES_PER_SPLIT:
+        raise ValueError(f"--num_pretrain_images {num_images} must be between 1 and {MAX_IMAGES_PER_SPLIT - 1}")
+    _check_arguments(1, 1, 1, image_size)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    target = out / PRETRAIN_DIR
+    if os.path.lexists(target) and not overwrite:
+        raise FileExistsError(f"{target} exists")
+    rng = np.random.default_rng([seed, 1])  # independent of the question splits' generator
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=".make_synthetic_vqa-"))
+    try:
+        (stage / "images").mkdir()
+        scenes = []
+        for index in range(num_images):
+            scene = make_scene(rng, "pretrain", index, image_size)
+            scene["image_filename"] = f"SCENE_{index:06d}.png"
+            render_scene(scene, image_size).save(stage / "images" / scene["image_filename"], format="PNG")
+            scenes.append(scene)
+        info = {"split": "pretrain", "generator": "vqa_experiments.make_synthetic_vqa", "seed": seed,
+                "image_size": image_size}
+        write_json_atomic(stage / "scenes.json", {"info": info, "scenes": scenes})
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif os.path.lexists(target):
+            target.unlink()
+        os.replace(stage, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return {"images": num_images, "folder": str(target)}
 
 
 def generate(out_dir: str | os.PathLike, num_train_images: int = 600, num_val_images: int = 200,
@@ -714,6 +763,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--questions_per_image", type=int, default=10,
                    help="questions per scene, for CLEVR and for TDIUC each (10)")
     p.add_argument("--image_size", type=int, default=128, help="side of the square images in pixels (128)")
+    p.add_argument("--num_pretrain_images", type=int, default=0,
+                   help=f"also write this many question-free scenes to {PRETRAIN_DIR}/ (a trunk's training data)")
     p.add_argument("--seed", type=int, default=0, help="seed of scenes and questions (0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing CLEVR_v1.0/ and TDIUC/ in --out")
     return p
@@ -721,20 +772,27 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        summary = generate(args.out, args.num_train_images, args.num_val_images, args.questions_per_image,
-                           args.image_size, args.seed, overwrite=args.overwrite)
-    except FileExistsError as exc:
-        print(f"error: {exc}; pass --overwrite or choose another --out", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    train, val = summary["train"], summary["val"]
-    print(f"wrote {train['images']} train + {val['images']} val images, "
-          f"{train['clevr_questions'] + val['clevr_questions']} CLEVR and "
-          f"{train['tdiuc_questions'] + val['tdiuc_questions']} TDIUC questions under {args.out}")
-    return 0
+
+    def body() -> None:
+        try:
+            if args.num_pretrain_images and os.path.lexists(Path(args.out) / PRETRAIN_DIR) and not args.overwrite:
+                raise FileExistsError(f"{Path(args.out) / PRETRAIN_DIR} exists")
+            summary = generate(args.out, args.num_train_images, args.num_val_images, args.questions_per_image,
+                               args.image_size, args.seed, overwrite=args.overwrite)
+            if args.num_pretrain_images:
+                pretrain = generate_scenes(args.out, args.num_pretrain_images, args.image_size, args.seed,
+                                           overwrite=True)
+        except FileExistsError as exc:
+            if exc.strerror:  # from the file system, not our refusal
+                raise
+            raise ValueError(f"{exc}; pass --overwrite or choose another --out") from None
+        train, val = summary["train"], summary["val"]
+        print(f"wrote {train['images']} train + {val['images']} val images, "
+              f"{train['clevr_questions'] + val['clevr_questions']} CLEVR and "
+              f"{train['tdiuc_questions'] + val['tdiuc_questions']} TDIUC questions under {args.out}")
+        if args.num_pretrain_images:
+            print(f"wrote {pretrain['images']} question-free scenes to {pretrain['folder']}")
+    return run_main(body)
 
 
 if __name__ == "__main__":
