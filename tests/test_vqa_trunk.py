@@ -136,3 +136,39 @@ def test_trunk_file_is_kept_and_bad_settings_are_one_line(raw, trunk, tmp_path, 
     state = torch.load(trunk, weights_only=True)
     assert json.loads(state["meta_json"])["trained_through_stage"] == 2
     assert np.isfinite(json.loads(state["meta_json"])["losses"]).all()
+
+
+def test_demo_report_chance_accuracy_and_omega(raw, tmp_path):
+    """The demo's report, against counts made here from the generated TDIUC files."""
+    from vqa_experiments import vqa_demo
+    from vqa_experiments.tdiuc import preprocess_tdiuc
+    work = tmp_path / "tdiuc"
+    assert preprocess_tdiuc.main(["--path", str(raw / "TDIUC"), "--out", str(work)]) == 0
+    val = vqa_demo.ValQuestions(raw, work, "tdiuc")
+    annotations = json.loads((raw / "TDIUC/Annotations/mscoco_val2014_annotations.json").read_text())["annotations"]
+    train = json.loads((raw / "TDIUC/Annotations/mscoco_train2014_annotations.json").read_text())["annotations"]
+    colour_answers = {a["answers"][0]["answer"] for a in train if a["question_family"] == "query_color"}
+    colour = [a for a in annotations if a["question_type"] == "color"]
+    assert sorted(val.select("color")) == sorted(a["question_id"] for a in colour)
+    assert val.chance(val.select("color")) == pytest.approx(100 / len(colour_answers))
+    assert val.chance(val.select("absurd")) == pytest.approx(100.0)  # one answer: "doesnotapply"
+    red = {name: k for k, name in val.answer_names.items()}["red"]
+    predictions = {str(a["question_id"]): red for a in annotations}
+    expected = 100 * sum(a["answers"][0]["answer"] == "red" for a in colour) / len(colour)
+    assert val.accuracy(predictions, val.select("color")) == pytest.approx(expected)
+
+    types = list(json.loads((work / "LUT_tdiuc.json").read_text())["qtype2idx"])
+    runs = {}
+    for method, mpt in (("offline", [50.0, 80.0]), ("remind", [50.0, 60.0]), ("finetune", [25.0, 20.0])):
+        runs[method] = tmp_path / method
+        runs[method].mkdir()
+        summary = {"question_types": types, "boundaries": [10, 20], "overall": mpt, "mean_per_type": mpt,
+                   "per_type": {t: mpt for t in types}}
+        (runs[method] / "summary.json").write_text(json.dumps(summary))
+        (runs[method] / "results_boundary_20.json").write_text(json.dumps(predictions))
+    report = vqa_demo.dataset_report("tdiuc", raw, work, runs)
+    assert report["omega"]["remind"]["mean_per_type"] == pytest.approx((1 + 60 / 80) / 2, abs=1e-4)
+    assert report["omega"]["finetune"]["mean_per_type"] == pytest.approx((0.5 + 0.25) / 2, abs=1e-4)
+    assert report["looking"]["color"]["remind"] == pytest.approx(expected, abs=0.01)
+    assert report["looking"]["color"]["chance"] == pytest.approx(100 / len(colour_answers), abs=0.01)
+    assert "| chance |" in vqa_demo.final_table(report) and "| color |" in vqa_demo.looking_table(report)
