@@ -81,7 +81,8 @@ def prepare_dataset(dataset: str, raw: Path, work: Path, weights: Path, orders: 
     if not (work / f"train_{dataset}.npz").is_file():
         check(preprocess.main(["--path", str(raw / folder), "--out", str(work)]), f"{dataset} preprocessing")
     paths = feature_paths(work, dataset)
-    if paths["map"].is_file() and read_json(paths["map"], "image id map").get("weights") != str(weights):
+    made_with = read_json(paths["map"], "image id map").get("weights") if paths["map"].is_file() else None
+    if made_with is not None and Path(made_with).resolve() != weights.resolve():
         raise SystemExit(f"error: {work} holds features of another trunk (an older demo?); pass --fresh or run "
                          "make clean-results")
     if not paths["features"].is_file():
@@ -134,7 +135,7 @@ def run_trainers(jobs: list[tuple[str, list[str], Path]], workers: int) -> None:
         while pending and len(running) < workers:
             name, argv, log = pending.pop(0)
             log.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(log, "w")
+            handle = open(log, "a")  # a rerun appends: the first run's log is kept
             process = subprocess.Popen([sys.executable, "-m", "vqa_experiments.vqa_trainer", *argv], stdout=handle,
                                        stderr=subprocess.STDOUT, env=env)
             running.append((name, process, handle, log, time.time()))
