@@ -10,19 +10,25 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table of string cells: the header, its rule, one line per row."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
 def format_table(runs: dict[str, dict], classes: list[int], metrics=("seen_classes_top1", "seen_classes_top5")) -> str:
     """Markdown table: one row per evaluation, one column per (run, metric)."""
     header = ["classes"] + [f"{name} {metric.replace('_classes', '').replace('_', ' ')}"
                             for name in runs for metric in metrics]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for row, count in enumerate(classes):
         cells = [str(count)]
         for accuracies in runs.values():
             for metric in metrics:
                 values = accuracies.get(metric, [])
                 cells.append(f"{values[row]:.2f}" if row < len(values) else "")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(header, rows)
 
 
 def plot_accuracies(runs: dict[str, dict], classes: list[int], path: str | Path,

@@ -215,7 +215,8 @@ def label_copy(images, tmp: Path, split: str = "train", array=None, raw: bytes |
     if raw is not None:
         target.write_bytes(raw)
     else:
-        np.save(target, array, allow_pickle=True)
+        # only the case that plants a pickled object array needs pickling to write it
+        np.save(target, array, allow_pickle=array.dtype == object)
     return folder
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from remind.cli import run_main
+from remind.reporting import markdown_table
 from vqa_experiments.make_synthetic_vqa import ATTRIBUTES, TRAIN_IMAGE_ID_BASE, VAL_IMAGE_ID_BASE, VALUES
 from vqa_experiments.vqa_data import VQADataError, feature_paths, load_codes, load_image_map, read_json
 
@@ -138,15 +139,11 @@ def run_probe(dataset: str, data_path, scenes_dir, data_order: str | None = None
 
 def probe_table(results: dict[str, dict]) -> str:
     """Markdown: one row per (dataset, feature source), probe vs majority class for each attribute."""
-    lines = ["| dataset | features | " + " | ".join(f"{a} probe / majority" for a in ATTRIBUTES) + " |",
-             "|---|---|" + "---|" * len(ATTRIBUTES)]
-    for dataset, result in results.items():
-        for source in ("features", "pq_decoded"):
-            if source in result:
-                cells = [f"{result[source][a]['probe']:.1f} / {result[source][a]['majority']:.1f}" for a in ATTRIBUTES]
-                name = "trunk output" if source == "features" else "decoded PQ codes"
-                lines.append(f"| {dataset} | {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    header = ["dataset", "features", *(f"{a} probe / majority" for a in ATTRIBUTES)]
+    rows = [[dataset, "trunk output" if source == "features" else "decoded PQ codes",
+             *(f"{result[source][a]['probe']:.1f} / {result[source][a]['majority']:.1f}" for a in ATTRIBUTES)]
+            for dataset, result in results.items() for source in ("features", "pq_decoded") if source in result]
+    return markdown_table(header, rows)
 
 
 def main(argv=None) -> int:

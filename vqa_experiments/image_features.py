@@ -32,6 +32,8 @@ from remind.checkpoint import CheckpointError, atomic_write_text, safe_load
 from remind.cli import check_device, default_device, run_main
 from vqa_experiments.vqa_data import VQADataError, atomic_npy, feature_paths
 
+TRUNK_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
 
 def trained_stages(state) -> int | None:
     """How deep a ``train_scene_trunk`` file was trained (its meta says), or None for any other weights file."""
@@ -154,7 +156,7 @@ def extract(dataset: str, images: list[tuple[int, Path]], out_dir, arch: str, st
 def add_trunk_arguments(parser: argparse.ArgumentParser, arch: str, stage: int) -> None:
     parser.add_argument("--weights", default=None, help=f"torchvision {arch} .pth file (or your own trained trunk)")
     parser.add_argument("--random_init", action="store_true", help="randomly initialised trunk (demo/smoke test)")
-    parser.add_argument("--model", default=arch, choices=["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])
+    parser.add_argument("--model", default=arch, choices=TRUNK_ARCHS)
     parser.add_argument("--model_stage", type=int, default=stage, choices=[1, 2, 3, 4])
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--batch_size", type=int, default=128)

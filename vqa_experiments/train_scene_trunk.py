@@ -37,12 +37,9 @@ from PIL import Image
 
 from remind.checkpoint import atomic_torch_save
 from remind.cli import check_device, default_device, run_main
-from vqa_experiments.image_features import ImageList
+from vqa_experiments.image_features import TRUNK_ARCHS, ImageList
 from vqa_experiments.make_synthetic_vqa import ATTRIBUTES, VALUES
 from vqa_experiments.vqa_data import VQADataError, read_json
-
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-
 
 # Each group is one classification at the cell holding an object's centre: the single attributes, and all four
 # together (an object's identity, 96 values). One more output per cell says whether an object is centred there.
@@ -107,7 +104,8 @@ class DenseTrunk(nn.Module):
         return self.head(self.stages(x))
 
 
-def load_scenes(folder: Path) -> tuple[list[Path], list[dict]]:
+def load_scenes(folder: Path) -> tuple[list[Path], list[dict], int]:
+    """Image paths, scenes, and the side in pixels of the images the scenes' pixel coordinates refer to."""
     file = folder / "scenes.json"
     if not file.is_file():
         raise VQADataError(f"{file} not found; write scenes with python -m vqa_experiments.make_synthetic_vqa "
@@ -119,7 +117,8 @@ def load_scenes(folder: Path) -> tuple[list[Path], list[dict]]:
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise VQADataError(f"{len(missing)} image(s) of {file} are missing (e.g. {missing[0]})")
-    return paths, scenes
+    with Image.open(paths[0]) as first:
+        return paths, scenes, first.width
 
 
 def load_images(paths: list[Path], image_size: int) -> torch.Tensor:
@@ -180,7 +179,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", required=True, help="folder with scenes.json and images/ (CLEVR scene format)")
     parser.add_argument("--out", required=True, help="weights file to write (refused if it exists)")
-    parser.add_argument("--model", default="resnet18", choices=ARCHS)
+    parser.add_argument("--model", default="resnet18", choices=TRUNK_ARCHS)
     parser.add_argument("--model_stage", type=int, default=3, choices=[1, 2, 3, 4],
                         help="the stage whose feature map is trained (and extracted later); deeper stages stay "
                              "untrained and are refused by the extraction")
@@ -207,17 +206,13 @@ def main(argv=None) -> int:
         out = Path(args.out)
         if out.exists():
             raise ValueError(f"{out} exists; delete it or choose another --out")
-        paths, scenes = load_scenes(Path(args.scenes))
+        paths, scenes, render_size = load_scenes(Path(args.scenes))
         if not 0 <= args.holdout < len(scenes):
             raise ValueError(f"--holdout {args.holdout} must be between 0 and the number of scenes - 1 "
                              f"({len(scenes) - 1})")
         images = load_images(paths, args.image_size)
         with torch.no_grad():
             grid = DenseTrunk(args.model, args.model_stage, head_size()).stages.eval()(images[:1]).shape[-1]
-        render_size = read_json(Path(args.scenes) / "scenes.json", "scene file").get("info", {}).get("image_size")
-        if not isinstance(render_size, int):
-            with Image.open(paths[0]) as first:
-                render_size = first.width
         targets = scene_targets(scenes, render_size, grid)
         train = slice(args.holdout, None)
         start = time.time()

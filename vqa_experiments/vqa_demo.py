@@ -33,6 +33,7 @@ from pathlib import Path
 
 from remind.checkpoint import atomic_write_text
 from remind.metrics import omega
+from remind.reporting import markdown_table
 from vqa_experiments import feature_probe, make_synthetic_vqa, pq_encoding, train_scene_trunk, vqa_trainer
 from vqa_experiments.clevr import extract_image_features_clevr, preprocess_clevr
 from vqa_experiments.tdiuc import extract_image_features_tdiuc, preprocess_tdiuc
@@ -218,33 +219,26 @@ def dataset_report(dataset: str, raw: Path, work: Path, runs: dict[str, Path]) -
 def final_table(report: dict) -> str:
     """Per-type final accuracy of each method next to the type's chance level."""
     types = list(report["chance"])
-    lines = ["| | mean per type | overall | " + " | ".join(types) + " |", "|---|---|---|" + "---|" * len(types)]
-    for method, final in report["final"].items():
-        lines.append(f"| {method} | {final['mean_per_type']:.2f} | {final['overall']:.2f} | "
-                     + " | ".join(f"{final['per_type'][t]:.2f}" for t in types) + " |")
-    lines.append("| chance | | | " + " | ".join(f"{report['chance'][t]:.2f}" for t in types) + " |")
-    return "\n".join(lines)
+    rows = [[method, f"{final['mean_per_type']:.2f}", f"{final['overall']:.2f}",
+             *(f"{final['per_type'][t]:.2f}" for t in types)] for method, final in report["final"].items()]
+    rows.append(["chance", "", "", *(f"{report['chance'][t]:.2f}" for t in types)])
+    return markdown_table(["method", "mean per type", "overall", *types], rows)
 
 
 def looking_table(report: dict) -> str:
     methods = list(report["final"])
-    lines = ["| questions | n | chance | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]
-    for name, row in report["looking"].items():
-        lines.append(f"| {name} | {row['questions']} | {row['chance']:.2f} | "
-                     + " | ".join(f"{row[m]:.2f}" for m in methods) + " |")
-    return "\n".join(lines)
+    rows = [[name, str(row["questions"]), f"{row['chance']:.2f}", *(f"{row[m]:.2f}" for m in methods)]
+            for name, row in report["looking"].items()]
+    return markdown_table(["questions", "n", "chance", *methods], rows)
 
 
 def omega_table(reports: dict) -> str:
-    lines = ["| dataset | order | method | Omega (mean per type) | Omega (overall) | final mean per type | "
-             "offline final mean per type |", "|---|---|---|---|---|---|---|"]
-    for (dataset, order), report in reports.items():
-        for method in ("remind", "finetune"):
-            lines.append(f"| {dataset} | {order} | {method} | {report['omega'][method]['mean_per_type']:.3f} | "
-                         f"{report['omega'][method]['overall']:.3f} | "
-                         f"{report['final'][method]['mean_per_type']:.2f} | "
-                         f"{report['final']['offline']['mean_per_type']:.2f} |")
-    return "\n".join(lines)
+    rows = [[dataset, order, method, f"{report['omega'][method]['mean_per_type']:.3f}",
+             f"{report['omega'][method]['overall']:.3f}", f"{report['final'][method]['mean_per_type']:.2f}",
+             f"{report['final']['offline']['mean_per_type']:.2f}"]
+            for (dataset, order), report in reports.items() for method in ("remind", "finetune")]
+    return markdown_table(["dataset", "order", "method", "Omega (mean per type)", "Omega (overall)",
+                           "final mean per type", "offline final mean per type"], rows)
 
 
 def main(argv=None) -> int:

@@ -128,7 +128,8 @@ class VQAData:
         self.device = torch.device(args.device)
         self.codec = codec.to(self.device)
         self.codes = torch.from_numpy(np.array(codes)).to(self.device)  # a writable copy of the memory map
-        if len(self.codes) and int(self.codes.max()) >= codec.codebook_size:
+        # uint8 codes cannot exceed a 256-centroid codec: scan only for smaller codebooks
+        if codec.codebook_size < 256 and len(self.codes) and int(self.codes.max()) >= codec.codebook_size:
             raise VQADataError(f"the PQ codes of {args.data_path} hold code {int(self.codes.max())} but the codec has "
                                f"{codec.codebook_size} centroids per codebook: codes and codec come from different "
                                "runs; re-run PQ encoding with --overwrite")
@@ -317,12 +318,10 @@ def write_outputs(out_dir: Path, summary: dict) -> None:
 def per_type_table(summary: dict) -> str:
     types = list(summary["per_type"])
     header = ["questions seen", "segment", "overall", "mean per type", *types]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for i, boundary in enumerate(summary["boundaries"]):
-        cells = [str(boundary), summary["segments"][i], f"{summary['overall'][i]:.2f}",
-                 f"{summary['mean_per_type'][i]:.2f}", *[f"{summary['per_type'][t][i]:.2f}" for t in types]]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [[str(boundary), summary["segments"][i], f"{summary['overall'][i]:.2f}",
+             f"{summary['mean_per_type'][i]:.2f}", *[f"{summary['per_type'][t][i]:.2f}" for t in types]]
+            for i, boundary in enumerate(summary["boundaries"])]
+    return reporting.markdown_table(header, rows)
 
 
 # ---------------------------------------------------------------------- modes
