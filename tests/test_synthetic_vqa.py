@@ -306,7 +306,8 @@ def test_all_types_present_roughly_balanced_and_yes_no_mixed(root: Path):
             yes_no.setdefault(a["question_type"], Counter())[a["answers"][0]["answer"]] += 1
     total = (TRAIN + VAL) * QPI
     assert set(clevr_types) == set(CLEVR_TYPE.values())
-    assert all(abs(c - total / 5) <= 0.05 * total for c in clevr_types.values()), clevr_types
+    share = {t: (4 if t == "query_attribute" else 1) / 8 for t in clevr_types}  # half are attribute queries
+    assert all(abs(c - total * share[t]) <= 0.05 * total for t, c in clevr_types.items()), clevr_types
     assert set(tdiuc_types) == TDIUC_TYPES
     assert all(abs(c - total / 7) <= 0.05 * total for c in tdiuc_types.values()), tdiuc_types
     for qtype in ("exist", "compare_integer", "compare_attribute", "object_presence"):

@@ -25,8 +25,9 @@ scene file, no questions, disjoint from train and val) for training a feature tr
 
 with ``image_id = 1000000 + index`` (train) or ``2000000 + index`` (val) and
 ``question_id = image_id * 100 + k`` for the k-th question of an image. CLEVR questions cycle
-through the 5 types count, exist, compare_integer, compare_attribute and query_attribute (the type is
-given by the last function of the program); TDIUC questions cycle through object_presence, counting,
+through 8 slots: count, query_attribute, exist, query_attribute, compare_integer, query_attribute,
+compare_attribute, query_attribute (half are attribute queries; the type is given by the last function
+of the program); TDIUC questions cycle through object_presence, counting,
 color, attribute, object_recognition, positional_reasoning and absurd. Every answer is computed by
 executing the question's program on the scene; yes/no questions aim at 50 % "yes".
 
@@ -505,9 +506,16 @@ def _clevr_query(rng: np.random.Generator, scene: Scene) -> Question | None:
     return _query(rng, scene, "query_attribute", ATTRIBUTES)
 
 
+# The k-th question of an image takes slot (first + k) % 8. Attribute queries take half the slots, the four
+# other types one each: S-MAC learns to find the described object and read its colour or shape only from a few
+# thousand such questions. Trained on the query_attribute questions of 800 images (CLEVR_demo, 12 epochs), it
+# answered 76% of colour and 72% of shape queries with this mix (3,200 queries), and 22% and 40% with one slot
+# in five (1,280 queries; chance 12.5% and 33.3%).
 CLEVR_TEMPLATES: tuple[tuple[str, Callable[[np.random.Generator, Scene], Question | None]], ...] = (
-    ("count", _clevr_count), ("exist", _clevr_exist), ("compare_integer", _clevr_compare_integer),
-    ("compare_attribute", _clevr_compare_attribute), ("query_attribute", _clevr_query),
+    ("count", _clevr_count), ("query_attribute", _clevr_query), ("exist", _clevr_exist),
+    ("query_attribute", _clevr_query), ("compare_integer", _clevr_compare_integer),
+    ("query_attribute", _clevr_query), ("compare_attribute", _clevr_compare_attribute),
+    ("query_attribute", _clevr_query),
 )
 
 
