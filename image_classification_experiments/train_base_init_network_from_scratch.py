@@ -178,8 +178,9 @@ def check_args(args, procs: Processes) -> None:
     if args.batch_size < procs.world_size:
         raise UsageError(f"--batch_size {args.batch_size} is split over {procs.world_size} processes; "
                          f"pass at least {procs.world_size}")
-    positives = {"--epochs": args.epochs, "--lr_step_epochs": args.lr_step_epochs,
-                 "--image_size": args.image_size, "--print-freq": args.print_freq}
+    if args.image_size < 32:  # as the stream scripts: the ResNet halves the crop five times
+        raise UsageError(f"--image_size must be at least 32 (got {args.image_size})")
+    positives = {"--epochs": args.epochs, "--lr_step_epochs": args.lr_step_epochs, "--print-freq": args.print_freq}
     for flag, value in positives.items():
         if value < 1:
             raise UsageError(f"{flag} must be at least 1 (got {value})")

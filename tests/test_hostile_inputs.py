@@ -551,6 +551,8 @@ add(BI, "-b 0", "--batch_size 0",
     lambda c: with_flag(base_init_argv(c.images, c.tmp / "ckpts"), "-b", "0"))
 add(BI, "--image_size 0", "--image_size must be at least",
     lambda c: with_flag(base_init_argv(c.images, c.tmp / "ckpts"), "--image_size", "0"))
+add(BI, "--image_size 16", "--image_size must be at least 32", fixed="at least 32, as the stream scripts",
+    build=lambda c: with_flag(base_init_argv(c.images, c.tmp / "ckpts"), "--image_size", "16"))
 add(BI, "--base_max_class 0", "--base_max_class must be at least 1",
     lambda c: with_flag(base_init_argv(c.images, c.tmp / "ckpts"), "--base_max_class", "0"))
 add(BI, "--base_max_class 12 > --num_classes 10", "smaller than --base_max_class",
@@ -739,9 +741,10 @@ def ex_argv(c, *extra: str, path: Path | None = None):
     return (["--path", str(path or c.vqa.clevr), "--out", str(out), *FEATURE_FLAGS, *extra], [out])
 
 
-add(EX, "--path that does not exist", "no images found", lambda c: ex_argv(c, path=c.tmp / "nowhere"))
-add(EX, "--path an empty folder", "no images found",
-    lambda c: ((c.tmp / "empty").mkdir(), ex_argv(c, path=c.tmp / "empty"))[1])
+add(EX, "--path that does not exist", "no images found in --path", fixed="the error names the folder",
+    build=lambda c: ex_argv(c, path=c.tmp / "nowhere"))
+add(EX, "--path an empty folder", "no images found in --path", fixed="the error names the folder",
+    build=lambda c: ((c.tmp / "empty").mkdir(), ex_argv(c, path=c.tmp / "empty"))[1])
 add(EX, "--image_size 0", "--image_size", fixed="extraction flags checked up front",
     build=lambda c: (lambda a: (with_flag(a[0], "--image_size", "0"), a[1]))(ex_argv(c)))
 add(EX, "--image_size -32", "--image_size", fixed="extraction flags checked up front",
@@ -805,8 +808,8 @@ add(PQ, "a truncated question file (.npz)", "train_clevr.npz",
     build=lambda c: (lambda w: (truncate(w / "train_clevr.npz"), pq_argv(c, w))[1])(vqa_work_copy(c.vqa, c.tmp)))
 add(PQ, "--seed -1", "--seed must be non-negative", fixed="negative seeds refused up front",
     build=lambda c: (lambda w: pq_argv(c, w, "--seed", "-1"))(vqa_work_copy(c.vqa, c.tmp)))
-add(PQ, "--images an empty folder", "no images found",
-    lambda c: (lambda w: ((c.tmp / "empty").mkdir(), pq_argv(c, w, "--images", str(c.tmp / "empty"),
+add(PQ, "--images an empty folder", "no images found in --images", fixed="the error names the folder",
+    build=lambda c: (lambda w: ((c.tmp / "empty").mkdir(), pq_argv(c, w, "--images", str(c.tmp / "empty"),
                                                             "--random_init", "--model", "resnet18"))[1])(
         vqa_work_copy(c.vqa, c.tmp)))
 

@@ -103,9 +103,12 @@ class ImageList(torch.utils.data.Dataset):
         return (x - self.mean) / self.std
 
 
-def check_images(images: list[tuple[int, Path]]) -> list[int]:
+def check_images(images: list[tuple[int, Path]], source: str = "the dataset folder given") -> list[int]:
+    """The image ids, after refusing an empty list (naming ``source``, e.g. "--path data/CLEVR_v1.0") and
+    repeated ids."""
     if not images:
-        raise VQADataError("no images found; check the dataset folder given (--path, or --images of PQ encoding)")
+        raise VQADataError(f"no images found in {source}; pass the dataset's own folder, the one that holds its "
+                           "image folders (CLEVR_v1.0, TDIUC)")
     ids = [iid for iid, _ in images]
     if len(set(ids)) != len(ids):
         raise VQADataError("two images have the same image id; check the image folders")
@@ -131,9 +134,9 @@ def trunk_batches(trunk: nn.Module, paths: list[Path], image_size: int, batch_si
 
 def extract(dataset: str, images: list[tuple[int, Path]], out_dir, arch: str, stage: int, weights: str | None,
             random_init: bool, image_size: int, batch_size: int, num_workers: int, device: str, dtype: str,
-            overwrite: bool) -> dict:
+            overwrite: bool, source: str = "the dataset folder given") -> dict:
     """Write ``all_{dataset}_{feat}.npy`` (N, H, W, C) and ``map_{dataset}_{feat}.json``; return a summary."""
-    ids = check_images(images)
+    ids = check_images(images, source)
     paths = feature_paths(out_dir, dataset)
     for key in ("features", "map"):
         if paths[key].exists() and not overwrite:
@@ -191,5 +194,5 @@ def run(dataset: str, images_fn, argv, arch: str, stage: int, doc: str) -> int:
         images = images_fn(Path(args.path))
         print(json.dumps(extract(dataset, images, args.out or args.path, args.model, args.model_stage, args.weights,
                                  args.random_init, args.image_size, args.batch_size, args.num_workers, args.device,
-                                 args.dtype, args.overwrite)))
+                                 args.dtype, args.overwrite, source=f"--path {args.path}")))
     return run_main(body)

@@ -147,7 +147,7 @@ def encode_from_images(dataset: str, args, images: list) -> dict:
     for key in ("codes", "codec"):
         if paths[key].exists() and not args.overwrite:
             raise VQADataError(f"{paths[key]} exists; pass --overwrite to replace it")
-    ids = check_images(images)
+    ids = check_images(images, f"--images {args.images}")
     id_to_row = {iid: row for row, iid in enumerate(ids)}
     if paths["map"].exists() and load_image_map(paths["map"]) != id_to_row and not args.overwrite:
         raise VQADataError(f"{paths['map']} lists other images than {args.images}; pass --overwrite to replace "
