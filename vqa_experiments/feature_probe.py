@@ -27,7 +27,7 @@ import torch
 
 from remind.cli import run_main
 from remind.reporting import markdown_table
-from vqa_experiments.make_synthetic_vqa import ATTRIBUTES, TRAIN_IMAGE_ID_BASE, VAL_IMAGE_ID_BASE, VALUES
+from vqa_experiments.make_synthetic_vqa import ATTRIBUTES, TRAIN_IMAGE_ID_BASE, VAL_IMAGE_ID_BASE, VALUES, object_cell
 from vqa_experiments.vqa_data import VQADataError, feature_paths, load_codes, load_image_map, read_json
 
 SPLITS = ("train", "val")
@@ -57,10 +57,8 @@ def object_table(scenes_dir: Path, dataset: str, id_to_row: dict[int, int], grid
                 raise VQADataError(f"scene {scene['image_filename']} of {file} has no features; were the features "
                                    "extracted from this dataset?")
             for obj in scene["objects"]:
-                x, y = obj["pixel_coords"][:2]
                 rows.append(row)
-                cells.append((min(int(y * grid[0] / render), grid[0] - 1), min(int(x * grid[1] / render),
-                                                                                 grid[1] - 1)))
+                cells.append(object_cell(obj, render, *grid))
                 for a in ATTRIBUTES:
                     labels[a].append(VALUES[a].index(obj[a]))
         if not rows:

@@ -103,7 +103,7 @@ class ImageList(torch.utils.data.Dataset):
         return (x - self.mean) / self.std
 
 
-def check_images(images: list[tuple[int, Path]], source: str = "the dataset folder given") -> list[int]:
+def check_images(images: list[tuple[int, Path]], source: str) -> list[int]:
     """The image ids, after refusing an empty list (naming ``source``, e.g. "--path data/CLEVR_v1.0") and
     repeated ids."""
     if not images:
@@ -134,7 +134,7 @@ def trunk_batches(trunk: nn.Module, paths: list[Path], image_size: int, batch_si
 
 def extract(dataset: str, images: list[tuple[int, Path]], out_dir, arch: str, stage: int, weights: str | None,
             random_init: bool, image_size: int, batch_size: int, num_workers: int, device: str, dtype: str,
-            overwrite: bool, source: str = "the dataset folder given") -> dict:
+            overwrite: bool, source: str) -> dict:
     """Write ``all_{dataset}_{feat}.npy`` (N, H, W, C) and ``map_{dataset}_{feat}.json``; return a summary."""
     ids = check_images(images, source)
     paths = feature_paths(out_dir, dataset)

@@ -148,6 +148,13 @@ def relationships(pixel_coords: Sequence[Sequence[float]]) -> dict[str, list[lis
     }
 
 
+def object_cell(obj: dict[str, Any], render_size: int, rows: int, cols: int) -> tuple[int, int]:
+    """(row, column) of the cell holding the object's centre on a ``rows`` x ``cols`` map of a ``render_size`` px
+    scene (its ``pixel_coords``)."""
+    x, y = obj["pixel_coords"][:2]
+    return min(int(y * rows / render_size), rows - 1), min(int(x * cols / render_size), cols - 1)
+
+
 def make_scene(rng: np.random.Generator, split: str, index: int, image_size: int) -> Scene:
     """A random scene in CLEVR's scene-JSON format (3d_coords: pixel coordinates mapped to [-3, 3])."""
     num_objects = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))

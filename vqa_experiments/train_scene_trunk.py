@@ -38,7 +38,7 @@ from PIL import Image
 from remind.checkpoint import atomic_torch_save
 from remind.cli import check_device, default_device, run_main
 from vqa_experiments.image_features import TRUNK_ARCHS, ImageList
-from vqa_experiments.make_synthetic_vqa import ATTRIBUTES, VALUES
+from vqa_experiments.make_synthetic_vqa import ATTRIBUTES, VALUES, object_cell
 from vqa_experiments.vqa_data import VQADataError, read_json
 
 # Each group is one classification at the cell holding an object's centre: the single attributes, and all four
@@ -54,12 +54,6 @@ def head_size() -> int:
     return 1 + sum(len(group_values(g)) for g in GROUPS)
 
 
-def object_cell(obj: dict, render_size: int, grid: int) -> tuple[int, int]:
-    """(row, column) of the feature-map cell holding the object's centre, on a ``grid`` x ``grid`` map."""
-    x, y = obj["pixel_coords"][:2]
-    return min(int(y * grid / render_size), grid - 1), min(int(x * grid / render_size), grid - 1)
-
-
 def scene_targets(scenes: list[dict], render_size: int, grid: int) -> torch.Tensor:
     """``(N, len(GROUPS), grid, grid)``: per cell and group, the index of the value of the object centred there,
     or -1 where no object is."""
@@ -67,7 +61,7 @@ def scene_targets(scenes: list[dict], render_size: int, grid: int) -> torch.Tens
     targets = torch.full((len(scenes), len(GROUPS), grid, grid), -1, dtype=torch.long)
     for row, scene in enumerate(scenes):
         for obj in scene["objects"]:
-            cy, cx = object_cell(obj, render_size, grid)
+            cy, cx = object_cell(obj, render_size, grid, grid)
             for g, group in enumerate(GROUPS):
                 targets[row, g, cy, cx] = index[g][tuple(obj[a] for a in group)]
     return targets

@@ -76,6 +76,13 @@ def prepare_trunk(raw: Path, data: Path, seed: int) -> Path:
     return weights
 
 
+def extraction_argv(dataset_folder: Path, work: Path, *trunk: str) -> list[str]:
+    """The extraction command line of the demo's trunk shape; ``trunk``: ``--weights FILE`` or ``--random_init``."""
+    return ["--path", str(dataset_folder), "--out", str(work), "--model", TRUNK["model"], *trunk,
+            "--model_stage", str(TRUNK["stage"]), "--image_size", str(TRUNK["image_size"]), "--batch_size", "50",
+            "--num_workers", "0", "--device", "cpu"]
+
+
 def prepare_dataset(dataset: str, raw: Path, work: Path, weights: Path, orders: list[str], seed: int) -> dict:
     """Preprocess, extract, encode; returns the probe results."""
     folder, preprocess, extract, _ = DATASETS[dataset]
@@ -87,10 +94,8 @@ def prepare_dataset(dataset: str, raw: Path, work: Path, weights: Path, orders: 
         raise SystemExit(f"error: {work} holds features of another trunk (an older demo?); pass --fresh or run "
                          "make clean-results")
     if not paths["features"].is_file():
-        check(extract.main(["--path", str(raw / folder), "--out", str(work), "--model", TRUNK["model"],
-                            "--weights", str(weights), "--model_stage", str(TRUNK["stage"]),
-                            "--image_size", str(TRUNK["image_size"]), "--batch_size", "50", "--num_workers", "0",
-                            "--device", "cpu"]), f"{dataset} feature extraction")
+        check(extract.main(extraction_argv(raw / folder, work, "--weights", str(weights))),
+              f"{dataset} feature extraction")
     for order in orders:
         if not feature_paths(work, dataset, order)["codes"].is_file():
             check(pq_encoding.run(dataset, ["--data_path", str(work), "--data_order", order, "--device", "cpu",
@@ -108,10 +113,8 @@ def random_trunk_probe(raw: Path, data: Path) -> dict:
     probe_file = work / "probe.json"
     if not probe_file.is_file():
         if not feature_paths(work, "clevr")["features"].is_file():
-            check(extract_image_features_clevr.main(
-                ["--path", str(raw / "CLEVR_v1.0"), "--out", str(work), "--model", TRUNK["model"], "--random_init",
-                 "--model_stage", str(TRUNK["stage"]), "--image_size", str(TRUNK["image_size"]), "--batch_size",
-                 "50", "--num_workers", "0", "--device", "cpu"]), "random-trunk feature extraction")
+            check(extract_image_features_clevr.main(extraction_argv(raw / "CLEVR_v1.0", work, "--random_init")),
+                  "random-trunk feature extraction")
         result = feature_probe.run_probe("clevr", work, raw / "CLEVR_v1.0" / "scenes")
         atomic_write_text(probe_file, json.dumps(result, indent=1))
     return json.loads(probe_file.read_text())
