@@ -222,7 +222,7 @@ def bench_eval(device: torch.device, seed: int, workdir: Path, images: int = 64)
 
     from image_classification_experiments.utils_imagenet import eval_transform
 
-    model = REMINDModel(NUM_CLASSES, device=str(device), num_samples=50)
+    model = REMINDModel(NUM_CLASSES, device=str(device), replays_per_step=50)
     model.start_from(PQCodec(random_centroids(seed), device=device), CODE_SHAPE)
     rng = np.random.default_rng(seed)
     jpeg = workdir / "val.jpg"  # ImageNet's typical 500 x 375 JPEG
@@ -257,7 +257,7 @@ def bench_stream(args, device: torch.device, workdir: Path) -> dict:
     network = ResNet18ClassifyAfterLayer4_1(num_classes=NUM_CLASSES)
     ckpt = workdir / "base_init_random.pth"
     torch.save({"state_dict": network.state_dict()}, ckpt)
-    model = REMINDModel(NUM_CLASSES, classifier_ckpt=str(ckpt), num_samples=50, use_mixup=True, mixup_alpha=0.1,
+    model = REMINDModel(NUM_CLASSES, classifier_ckpt=str(ckpt), replays_per_step=50, use_mixup=True, mixup_alpha=0.1,
                         use_random_resize_crops=True, max_buffer_size=args.stream_buffer, device=str(device),
                         seed=seed)
     centroids = random_centroids(seed)
@@ -454,7 +454,7 @@ def bench_checkpoint(args, device: torch.device, holder: list, workdir: Path) ->
     """
     source = holder.pop()
     entries = min(args.ckpt_entries, source.size)
-    model = REMINDModel(NUM_CLASSES, num_samples=50, use_mixup=True, max_buffer_size=IMAGENET_BUFFER,
+    model = REMINDModel(NUM_CLASSES, replays_per_step=50, use_mixup=True, max_buffer_size=IMAGENET_BUFFER,
                         device=str(device), seed=args.seed)
     model.start_from(PQCodec(random_centroids(args.seed), device=device), CODE_SHAPE)
     model.replay_buffer.add_batch(source.codes[:entries], source.labels[:entries], source.ids[:entries])

@@ -25,7 +25,13 @@ import torch
 from image_classification_experiments import imagenet_experiment as ie
 from image_classification_experiments.configs import config_from_args, config_identity, file_fingerprint
 from image_classification_experiments.REMINDModel import REMINDModel
-from image_classification_experiments.resnet_models import build_full_network, check_finite, load_network_state
+from image_classification_experiments.resnet_models import (
+    build_full_network,
+    check_finite,
+    load_network_state,
+    network_from_args,
+)
+from remind.networks import classifier_prefix
 from image_classification_experiments.stream_run import (
     OfflineTraining,
     REMINDStream,
@@ -50,7 +56,6 @@ from remind.autosave import Autosave
 from remind.checkpoint import CheckpointError, atomic_torch_save
 from remind.cli import add_preflight_flags, check_device, run_main
 from remind.lock import FolderLock
-from remind.pq import check_pq_shape
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -90,7 +95,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------ setup
 def validate_args(args) -> None:
-    check_pq_shape(args.num_channels, args.num_codebooks, args.codebook_size)
+    network_from_args(args)
+    if args.weights is not None and args.classifier_ckpt is not None:
+        raise DataError("give --classifier_ckpt or --weights (the same kind of file here), not both")
     check_device(args.device)
     for name in ("base_init_fraction", "eval_fraction"):
         if not 0 < getattr(args, name) <= 1:
@@ -126,36 +133,43 @@ def eval_points(stream_length: int, base_fraction: float, eval_fraction: float) 
 
 
 def adapted_checkpoint(args) -> dict | None:
-    """The --classifier_ckpt tensors as a full ``--base_arch`` 10-way state, or None for random init.
+    """The --classifier_ckpt (or --weights) tensors as a full 10-way ``--arch`` state, or None for random init.
 
     Accepts torchvision names (``layer4.1.conv1.weight``) or the project's (``model.layer4.1...``). Every
-    tensor but ``fc`` must be there with its shape; ``fc`` is kept only if it already has 10 outputs.
+    tensor but the classifier's must be there with its shape; the classifier is kept only if it already has
+    10 outputs.
     """
-    if args.classifier_ckpt is None:
+    path = args.classifier_ckpt or args.weights
+    if path is None:
         return None
-    state, _ = load_network_state(args.classifier_ckpt)
-    target = build_full_network(args.base_arch, NUM_CATEGORIES).state_dict()
-    extra = [name for name in state if not name.startswith(("fc.", "model.fc."))
-             and (name if name.startswith("model.") else f"model.{name}") not in target]
+    arch, _ = network_from_args(args)
+    state, _ = load_network_state(path)
+    network = build_full_network(arch, NUM_CATEGORIES)
+    target, head = network.state_dict(), classifier_prefix(network)
+
+    def own_name(name: str) -> str:
+        return name if name in target or f"model.{name}" not in target else f"model.{name}"
+    extra = [name for name in state if own_name(name) not in target
+             and not (head and own_name(name).startswith(head + "."))]
     if extra:  # e.g. a ResNet-34: its first blocks have ResNet-18's names and shapes, the rest would be dropped
-        raise CheckpointError(f"checkpoint {args.classifier_ckpt} does not fit {args.base_arch}: it holds "
-                              f"{len(extra)} tensors {args.base_arch} has no place for (e.g. {extra[0]}; a deeper "
-                              "ResNet?); pass a ResNet-18 checkpoint (torchvision's or this project's)")
+        raise CheckpointError(f"checkpoint {path} does not fit {arch}: it holds {len(extra)} tensors {arch} has no "
+                              f"place for (e.g. {extra[0]}; a deeper network?); pass a checkpoint of --arch {arch} "
+                              "(torchvision's or this project's)")
     adapted, replaced = {}, []
     for name, tensor in target.items():
         source = state.get(name, state.get(name[len("model."):]) if name.startswith("model.") else None)
         if source is not None and source.shape == tensor.shape:
             adapted[name] = source
-        elif name.startswith("model.fc."):
+        elif head is not None and name.startswith(head + "."):
             adapted[name] = tensor  # torch's random init of a 10-way head
             replaced.append(name)
         else:
             found = "missing" if source is None else f"shape {tuple(source.shape)} vs {tuple(tensor.shape)}"
-            raise CheckpointError(f"checkpoint {args.classifier_ckpt} does not fit {args.base_arch}: {name} "
-                                  f"{found}; pass a ResNet-18 checkpoint (torchvision's or this project's)")
-    check_finite(adapted, args.classifier_ckpt)
+            raise CheckpointError(f"checkpoint {path} does not fit {arch}: {name} {found}; pass a checkpoint of "
+                                  f"--arch {arch} (torchvision's or this project's)")
+    check_finite(adapted, path)
     if replaced:
-        print(f"{args.classifier_ckpt}: its fc does not have {NUM_CATEGORIES} outputs; using a random 10-way fc")
+        print(f"{path}: its classifier does not have {NUM_CATEGORIES} outputs; using a random 10-way one")
     return adapted
 
 
@@ -167,12 +181,11 @@ def prepare_model(args, adapted: dict | None, train: Core50Split, save_dir: Path
               "here; the paper uses an ImageNet-pretrained ResNet-18, see docs/core50.md)")
     else:
         checkpoint = save_dir / "core50_base_network.pth"
-        atomic_torch_save({"state_dict": adapted, "arch": args.base_arch}, checkpoint)
+        atomic_torch_save({"state_dict": adapted, "arch": network_from_args(args)[0]}, checkpoint)
     # CORe50's own frame counts, not ImageNet's 1300, in the LR rule
     lr_examples = ie.resolve_lr_examples("auto", lambda: train.labels, NUM_CATEGORIES)
     config = config_from_args(args, num_classes=NUM_CATEGORIES, lr_examples_per_class=lr_examples)
-    return REMINDModel(classifier_ckpt=None if checkpoint is None else str(checkpoint), device=args.device,
-                       config=config)
+    return ie.build_model(args, config, None if checkpoint is None else str(checkpoint), weights=None)
 
 
 # ------------------------------------------------------------------ the run
@@ -188,7 +201,7 @@ def run_budget(args, train: Core50Split, test: Core50Split, save_dir: Path):
     stream, spec = stream_plan(args, train)
     config = config_from_args(args, num_classes=NUM_CATEGORIES, lr_examples_per_class=1)
     with torch.random.fork_rng(devices=[]):  # sizes only: the run's own draws stay untouched
-        model = REMINDModel(classifier_ckpt=None, device=args.device, config=config)
+        model = ie.build_model(args, config, None, weights=None)
     evaluated = [int(np.isin(test.labels, np.unique(train.labels[stream[:end]])).sum()) for end in spec.points]
     return stream_budget(f"preflight: {args.expt_name} ({args.order}, seed {args.permutation_seed})", spec,
                          list(spec.points), evaluated, model, feature_shape(model, args.image_size), save_dir,

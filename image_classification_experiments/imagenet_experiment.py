@@ -30,14 +30,21 @@ import numpy as np
 import torch
 
 from image_classification_experiments.configs import (
+    FLAGS,
     PRESETS,
+    add_config_flags,
     config_from_args,
     config_identity,
     file_fingerprint,
     preset_defaults,
 )
 from image_classification_experiments.REMINDModel import REMINDModel
-from image_classification_experiments.resnet_models import check_classifier_rows
+from image_classification_experiments.resnet_models import (
+    add_network_flags,
+    check_classifier_rows,
+    check_map_geometry,
+    network_from_args,
+)
 from image_classification_experiments.stream_run import (
     ACCURACY_KEYS,
     OfflineTraining,
@@ -66,48 +73,26 @@ from remind.autosave import Autosave
 from remind.checkpoint import CheckpointError, load_state
 from remind.cli import add_preflight_flags, check_device, default_device, run_main
 from remind.lock import FolderLock
-from remind.pq import check_pq_shape
 
 __all__ = ["ACCURACY_KEYS", "get_args_parser", "learner_args_parser", "main"]
 
 
 def learner_args_parser() -> argparse.ArgumentParser:
-    """The REMIND learner's flags (G/F, PQ, buffer, LR, augmentation), shared by the experiment scripts."""
+    """The REMIND learner's flags (network and split, PQ, buffer, LR, augmentation), shared by the experiment
+    scripts. The learner's settings come from :class:`remind.REMINDConfig` (defaults and help included)."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="start from a named set of learner settings (imagenet_paper: the paper's ImageNet run; "
                         "core50; digits_demo); any flag given explicitly still wins")
     g = p.add_argument_group("network")
-    g.add_argument("--base_arch", type=str, default="ResNet18ClassifyAfterLayer4_1",
-                   help="architecture of the base-init checkpoint, from which G is cut")
-    g.add_argument("--classifier", type=str, default="ResNet18_StartAt_Layer4_1", help="plastic head F")
-    g.add_argument("--extract_features_from", type=str, default="model.layer4.0", help="last layer of G")
-    g.add_argument("--num_channels", type=int, default=512, help="channels of G's feature maps (512)")
-    g.add_argument("--weight_decay", type=float, default=1e-5, help="SGD weight decay on F (1e-5)")
+    add_network_flags(g)
     g.add_argument("--batch_size", type=int, default=128, help="images per G batch, streaming and testing (128)")
     g.add_argument("--image_size", type=int, default=224, help="input side (224)")
     g.add_argument("--num_workers", type=int, default=default_num_workers(), help="data-loading processes")
     g.add_argument("--device", type=str, default=default_device(), help="cuda or cpu (default: cuda if present)")
-    g.add_argument("--seed", type=int, default=0, help="seed of every random draw of the run (0)")
-    g = p.add_argument_group("product quantisation")
-    g.add_argument("--num_codebooks", type=int, default=32, help="PQ sub-quantisers (32)")
-    g.add_argument("--codebook_size", type=int, default=256, help="centroids per codebook, power of two (256)")
-    g.add_argument("--pq_backend", choices=("torch", "faiss"), default="torch",
-                   help="encoder: torch (any device, robust under CPU load) or faiss (CPU); same codebooks")
-    g = p.add_argument_group("replay buffer")
-    g.add_argument("--rehearsal_samples", type=int, default=50, help="replays per streamed example (50; 0 = fine-tune)")
-    g.add_argument("--max_buffer_size", type=int, default=None,
-                   help="buffer limit (ImageNet paper: 959665; default: keep everything)")
-    g = p.add_argument_group("learning rate")
-    g.add_argument("--lr_mode", choices=("step_lr_per_class", "constant"), default="step_lr_per_class",
-                   help="per-class step decay (paper) or constant start_lr")
-    g.add_argument("--lr_step_size", type=int, default=100, help="steps between decays (100)")
-    g.add_argument("--start_lr", type=float, default=0.1, help="lr of a class's first step (0.1)")
-    g.add_argument("--end_lr", type=float, default=0.001, help="lr reached after a class's examples (0.001)")
-    g = p.add_argument_group("augmentation")
-    g.add_argument("--use_random_resized_crops", action="store_true", help="feature-map crops (paper: on)")
-    g.add_argument("--use_mixup", action="store_true", help="mixup of replayed examples (paper: on)")
-    g.add_argument("--mixup_alpha", type=float, default=0.1, help="Beta(alpha, alpha) for mixup (0.1)")
+    groups = {"network": g}
+    add_config_flags(p, fields=tuple(f for f in FLAGS if f not in ("num_classes", "lr_examples_per_class")),
+                     groups=groups)
     g = p.add_argument_group("checkpoints")
     g.add_argument("--checkpoint_every_minutes", type=float, default=10.0,
                    help="also save the run state inside an increment this often (fractions allowed; 0: only "
@@ -142,15 +127,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume_full_path", type=str, default=None,
                    help="folder of a previous run's remind_model/ to continue from, at --streaming_min_class")
     g = p.add_argument_group("base init and feature maps")
-    g.add_argument("--classifier_ckpt", type=str, required=True,
-                   help="base-init checkpoint (train_base_init_network_from_scratch.py)")
+    g.add_argument("--classifier_ckpt", type=str, default=None,
+                   help="base-init checkpoint of --arch (train_base_init_network_from_scratch.py); required unless "
+                        "--weights gives the network instead")
     g.add_argument("--spatial_feat_dim", type=int, default=None,
                    help="side of G's feature maps; checked if given (7 at 224 px), else inferred")
-    g.add_argument("--lr_examples_per_class", type=str, default="1300",
-                   help="examples per class in the LR decay rule: an integer (1300, ImageNet's, as the original) "
-                        "or 'auto' to count each class's training examples")
+    add_config_flags(p, fields=("lr_examples_per_class",), groups={"learning rate": g})
     g = p.add_argument_group("stream")
-    g.add_argument("--num_classes", type=int, default=1000, help="outputs of F (1000)")
+    add_config_flags(p, fields=("num_classes",), groups={"stream": g})
     g.add_argument("--min_class", type=int, default=0, help="first class (0)")
     g.add_argument("--base_init_classes", type=int, default=100, help="classes used for base init (100)")
     g.add_argument("--class_increment", type=int, default=100, help="classes per increment/evaluation (100)")
@@ -200,7 +184,10 @@ def stream_spec(args) -> StreamSpec:
 
 def validate_args(args, spec: StreamSpec):
     """Every check that can fail before anything is written; returns the learner's config."""
-    check_pq_shape(args.num_channels, args.num_codebooks, args.codebook_size)
+    network_from_args(args)
+    if (args.classifier_ckpt is None) == (args.weights is None):
+        raise DataError("pass --classifier_ckpt (a base-init checkpoint, from train_base_init_network_from_scratch.py) "
+                        "or --weights (torchvision weights of --arch), one of them")
     check_device(args.device)
     if args.offline_epochs < 0 or args.offline_batch_size <= 0 or args.offline_lr <= 0:
         raise DataError("--offline_epochs must be non-negative, --offline_batch_size and --offline_lr positive")
@@ -240,6 +227,8 @@ def validate_args(args, spec: StreamSpec):
 def check_checkpoint_rows(args) -> None:
     """Refuse a checkpoint whose classifier rows name other classes than the label files; warn when it names
     none (after every other check, so that an input error stays one line)."""
+    if args.classifier_ckpt is None:
+        return
     warning = check_classifier_rows(args.classifier_ckpt,
                                     class_names_by_position(args.images_dir, args.label_dir, args.num_classes))
     if warning:
@@ -258,10 +247,24 @@ def run_budget(args, model: REMINDModel, spec: StreamSpec, save_dir: Path):
                          keep_policy(args.keep_checkpoints))
 
 
+def build_model(args, config, classifier_ckpt: str | None = "flags", weights: str | None = "flags") -> REMINDModel:
+    """The learner the flags describe (or with the given checkpoint / weights file), its G's maps checked
+    against the PQ geometry; nothing is written."""
+    arch, split_at = network_from_args(args)
+    model = REMINDModel(classifier_ckpt=args.classifier_ckpt if classifier_ckpt == "flags" else classifier_ckpt,
+                        device=args.device, config=config, arch=arch, split_at=split_at,
+                        weights=args.weights if weights == "flags" else weights, image_size=args.image_size)
+    check_map_geometry(model.map_shape(args.image_size), args.num_codebooks, args.codebook_size, args.num_channels)
+    feature_shape(model, args.image_size, getattr(args, "spatial_feat_dim", None))
+    return model
+
+
 def run_identity(args, model: REMINDModel) -> dict:
     """Every setting that changes what the run computes, checked when it resumes: the learner's config, the
     stream's layout, the offline schedule, and fingerprints of the base-init checkpoint and the label files."""
-    identity = {"mode": run_mode(args), **config_identity(model.config), "image_size": args.image_size,
+    identity = {"mode": run_mode(args), **config_identity(model.config), "arch": model.arch,
+                "split_at": model.split_at, "map_shape": list(model.map_shape(args.image_size)),
+                "weights_sha256": file_fingerprint(args.weights), "image_size": args.image_size,
                 "min_class": args.min_class, "base_init_classes": args.base_init_classes,
                 "class_increment": args.class_increment,
                 "classifier_ckpt_sha256": file_fingerprint(args.classifier_ckpt),
@@ -320,8 +323,7 @@ def main(argv=None) -> int:
         save_dir = save_dir_of(args)
         torch.manual_seed(args.seed)  # the run owns torch's generator too (it is checkpointed with the learner)
         # reads the checkpoint: fails here, before writing, if it is bad
-        model = REMINDModel(classifier_ckpt=args.classifier_ckpt, device=args.device, config=config)
-        feature_shape(model, args.image_size, args.spatial_feat_dim)
+        model = build_model(args, config)
         check_checkpoint_rows(args)
         plan = run_budget(args, model, spec, save_dir)
         if plan.preflight(args.dry_run, args.skip_disk_check):

@@ -1,35 +1,35 @@
-"""ResNet-18 variants used by REMIND, split into a frozen trunk G and a plastic head F.
+"""The original's network names, as aliases over the general splitter (:mod:`remind.split`).
 
-Full networks (what the base-init script trains and checkpoints):
-  ``ResNet18``, ``ResNet18ClassifyAfterLayer4_1`` (the same network),
-  ``ResNet18ClassifyAfterLayer4_0`` (layer4 keeps only its first block).
-Their parameters are named ``model.<torchvision name>``, as in the original.
+Full networks (what the base-init script trains and checkpoints) are either the
+original's ResNet-18 variants -- ``ResNet18``, ``ResNet18ClassifyAfterLayer4_1``
+(the same network), ``ResNet18ClassifyAfterLayer4_0`` (layer4 keeps only its
+first block), with parameters named ``model.<torchvision name>`` as in the
+original -- or any torchvision classification model by its own name
+(``resnet50``, ``mobilenet_v3_large``...).
 
-Plastic heads F (``ResNet18_StartAt_<Layer>_<block>`` and ``ResNet18_StartAt_FC``)
-hold the blocks from a split point onwards *under their original names*: F for
-``Layer4_1`` has ``model.layer4.1.*`` and ``model.fc.*``. The mapping from a
-checkpoint to F is therefore explicit and checked name by name in
-:func:`load_plastic_weights`. (The original deleted ``layer4[0]`` from an
-``nn.Sequential``; since PyTorch renumbers what is left, the checkpoint's
-``layer4.0`` weights went where ``layer4.1`` belongs, silently.)
-
-The trunk G is :class:`FeatureTrunk`: the full network's modules run only up
-to and including the split layer (e.g. ``model.layer4.0``), in eval mode.
+G and F are cut from one full network by :func:`remind.split.split_network`
+at a layer name. The original's names keep working: ``--base_arch
+ResNet18ClassifyAfterLayer4_1 --extract_features_from model.layer4.0
+--classifier ResNet18_StartAt_Layer4_1`` is the paper's split, and F keeps the
+checkpoint's own names (``model.layer4.1.*``, ``model.fc.*``). (The original
+deleted ``layer4[0]`` from an ``nn.Sequential``; since PyTorch renumbers what is
+left, the checkpoint's ``layer4.0`` weights went where ``layer4.1`` belongs,
+silently; a cut by name cannot do that.)
 """
 from __future__ import annotations
-
-import re
-from collections import OrderedDict
 
 import torch
 import torch.nn as nn
 import torchvision
 
-from remind.checkpoint import CheckpointError, safe_load
+from remind.checkpoint import CheckpointError
+from remind.pq import check_pq_shape
+from remind.networks import (build_network, check_finite, classification_models, copy_matching_state, load_weights,
+                             read_state_dict)
+from remind.split import FrozenTrunk, SplitError, split_network
 
-STAGES = ("layer1", "layer2", "layer3", "layer4")
-STEM = ("conv1", "bn1", "relu", "maxpool")
-
+__all__ = ["FULL_NETWORKS", "SPLIT_FOR_HEAD", "build_full_network", "build_split", "check_classifier_rows",
+           "check_finite", "copy_matching_state", "load_network_state", "resolve_network"]
 
 def _torchvision_resnet18(num_classes: int | None) -> nn.Module:
     return torchvision.models.resnet18(weights=None, num_classes=1000 if num_classes is None else num_classes)
@@ -64,62 +64,16 @@ class ResNet18ClassifyAfterLayer4_1(BaseResNet18ClassifyAfterLayer4):
         super().__init__(num_del=0, num_classes=num_classes)
 
 
-# ----------------------------------------------------------------- plastic heads
-class ResNet18StartAt(nn.Module):
-    """The part of ResNet-18 from ``start_stage``'s block ``start_block`` to ``fc``.
-
-    Args:
-        start_stage: one of ``layer1..layer4``, or None for the classifier only.
-        start_block: first block kept in ``start_stage`` (0 or 1).
-        num_classes: outputs of ``fc``.
-    Input ``(N, C, H, W)`` feature maps, output ``(N, num_classes)`` logits.
-    """
-
-    def __init__(self, start_stage: str | None, start_block: int = 0, num_classes: int | None = None):
-        super().__init__()
-        full = _torchvision_resnet18(num_classes)
-        self.model = nn.Module()
-        self.stage_names: list[str] = []
-        if start_stage is not None:
-            for stage in STAGES[STAGES.index(start_stage):]:
-                blocks = getattr(full, stage)
-                first = start_block if stage == start_stage else 0
-                # Keep the original block numbers as module names (see module docstring).
-                kept = OrderedDict((str(i), blocks[i]) for i in range(first, len(blocks)))
-                setattr(self.model, stage, nn.Sequential(kept))
-                self.stage_names.append(stage)
-        self.model.fc = full.fc
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in self.stage_names:
-            x = getattr(self.model, stage)(x)
-        x = x.mean(dim=(2, 3))
-        return self.model.fc(x)
-
-
-def _start_at(stage: str | None, block: int = 0):
-    def build(num_classes: int | None = None) -> ResNet18StartAt:
-        return ResNet18StartAt(stage, block, num_classes)
-    return build
-
-
 FULL_NETWORKS = {
     "ResNet18": ResNet18,
     "ResNet18ClassifyAfterLayer4_0": ResNet18ClassifyAfterLayer4_0,
     "ResNet18ClassifyAfterLayer4_1": ResNet18ClassifyAfterLayer4_1,
 }
-PLASTIC_NETWORKS = {
-    "ResNet18_StartAt_Layer4_1": _start_at("layer4", 1),
-    "ResNet18_StartAt_Layer4_0": _start_at("layer4", 0),
-    "ResNet18_StartAt_Layer3_1": _start_at("layer3", 1),
-    "ResNet18_StartAt_Layer3_0": _start_at("layer3", 0),
-    "ResNet18_StartAt_Layer2_1": _start_at("layer2", 1),
-    "ResNet18_StartAt_Layer2_0": _start_at("layer2", 0),
-    "ResNet18_StartAt_Layer1_1": _start_at("layer1", 1),
-    "ResNet18_StartAt_Layer1_0": _start_at("layer1", 0),
-    "ResNet18_StartAt_FC": _start_at(None),
-}
-# The split point (last layer of G) that goes with each head.
+
+
+# ------------------------------------------------------- names -> (network, split)
+# The original's plastic heads, by the split point (last layer of G) each one goes with: ``--classifier``
+# names one of these, and F is what the splitter leaves after that layer.
 SPLIT_FOR_HEAD = {
     "ResNet18_StartAt_Layer4_1": "model.layer4.0",
     "ResNet18_StartAt_Layer4_0": "model.layer3",
@@ -131,86 +85,76 @@ SPLIT_FOR_HEAD = {
     "ResNet18_StartAt_Layer1_0": "model.maxpool",
     "ResNet18_StartAt_FC": "model.layer4",
 }
-
-
-def _lookup(name: str, registry: dict, flag: str):
-    if name not in registry:
-        raise ValueError(f"unknown {flag} {name!r}; choose one of: {', '.join(registry)}")
-    return registry[name]
+PAPER_ARCH, PAPER_SPLIT = "ResNet18ClassifyAfterLayer4_1", "model.layer4.0"
 
 
 def build_full_network(arch: str, num_classes: int | None = None) -> nn.Module:
-    return _lookup(arch, FULL_NETWORKS, "--base_arch/--arch")(num_classes=num_classes)
+    """A whole network by name: the original's ResNet-18 variants (parameters ``model.*``) or any torchvision
+    classification model (``resnet50``, ``mobilenet_v3_large``, ``convnext_tiny``...), randomly initialised."""
+    if arch in FULL_NETWORKS:
+        return FULL_NETWORKS[arch](num_classes=num_classes)
+    try:
+        return build_network(arch, 1000 if num_classes is None else num_classes)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("unknown --arch", "unknown network --arch/--base_arch")
+                         + f"; or one of the original's: {', '.join(FULL_NETWORKS)}") from None
 
 
-def build_plastic_network(arch: str, num_classes: int | None = None) -> ResNet18StartAt:
-    return _lookup(arch, PLASTIC_NETWORKS, "--classifier")(num_classes=num_classes)
+def resolve_network(arch: str | None = None, split_at: str | None = None, base_arch: str | None = None,
+                    extract_features_from: str | None = None, classifier: str | None = None) -> tuple[str, str]:
+    """``(arch, split_at)`` from the new flags (``--arch``, ``--split_at``) or the original's aliases
+    (``--base_arch``, ``--extract_features_from``, ``--classifier``); the paper's when none is given."""
+    for new, old, name in ((arch, base_arch, "--arch/--base_arch"), (split_at, extract_features_from,
+                                                                      "--split_at/--extract_features_from")):
+        if new is not None and old is not None and new != old:
+            raise ValueError(f"{name} disagree ({new!r} vs {old!r}); give one of them")
+    arch = arch or base_arch or PAPER_ARCH
+    if arch not in FULL_NETWORKS and arch not in classification_models():
+        build_full_network(arch)  # raises, naming the networks it knows
+    split_at = split_at or extract_features_from
+    if classifier is not None:
+        if classifier not in SPLIT_FOR_HEAD:
+            raise ValueError(f"unknown --classifier {classifier!r}; choose one of: {', '.join(SPLIT_FOR_HEAD)} "
+                             "(or give --split_at LAYER: F is every layer after it)")
+        if split_at is not None and split_at != SPLIT_FOR_HEAD[classifier]:
+            raise ValueError(f"--classifier {classifier} starts after {SPLIT_FOR_HEAD[classifier]}, not after "
+                             f"{split_at}; give one of --classifier and --split_at")
+        split_at = SPLIT_FOR_HEAD[classifier]
+    if split_at is None:
+        if arch not in FULL_NETWORKS:
+            raise ValueError(f"--arch {arch} needs --split_at LAYER (the last layer of the frozen trunk G); "
+                             f"python -m remind.split {arch} lists the layers it can be split at")
+        split_at = PAPER_SPLIT
+    return arch, split_at
 
 
-# ------------------------------------------------------------------ the trunk G
-class FeatureTrunk(nn.Module):
-    """The frozen part G: runs a full network's modules up to ``split_layer`` only.
-
-    Args:
-        network: a full network (parameters named ``model.*``).
-        split_layer: ``model.maxpool``, ``model.layerK`` or ``model.layerK.B``.
-    """
-
-    def __init__(self, network: nn.Module, split_layer: str):
-        super().__init__()
-        match = re.fullmatch(r"model\.(maxpool|layer([1-4]))(?:\.(\d+))?", split_layer)
-        if match is None:
-            raise ValueError(f"--extract_features_from {split_layer!r} is not a ResNet split point; use "
-                             "model.layer4.0 (paper), model.layerK or model.layerK.B")
-        resnet = network.model
-        parts: list[tuple[str, nn.Module]] = [(name, getattr(resnet, name)) for name in STEM]
-        if match.group(2) is not None:
-            last_stage = int(match.group(2))
-            for k in range(1, last_stage + 1):
-                stage = getattr(resnet, f"layer{k}")
-                if k == last_stage and match.group(3) is not None:
-                    block = int(match.group(3))
-                    if block >= len(stage):
-                        raise ValueError(f"{split_layer} does not exist: layer{k} has {len(stage)} blocks")
-                    stage = stage[:block + 1]
-                parts.append((f"layer{k}", stage))
-        self.split_layer = split_layer
-        self.layers = nn.Sequential(OrderedDict(parts))
-        self.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True) -> "FeatureTrunk":
-        # G is frozen: BatchNorm statistics must never move, whatever callers do.
-        return super().train(False)
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+def build_split(arch: str, split_at: str, num_classes: int, ckpt_path: str | None = None,
+                weights: str | None = None, image_size: int = 224) -> tuple[FrozenTrunk, nn.Module]:
+    """G and F of ``arch`` cut after ``split_at``, with a base-init checkpoint's weights (every tensor, by
+    name), or a torchvision weights file's (its classifier may have another number of classes), or random."""
+    network = build_full_network(arch, num_classes)
+    if ckpt_path is not None and weights is not None:
+        raise ValueError("give --classifier_ckpt (a base-init checkpoint) or --weights (torchvision weights), "
+                         "not both")
+    if ckpt_path is not None:
+        state, extras = load_network_state(ckpt_path)
+        if "arch" in extras and extras["arch"] != arch:
+            raise CheckpointError(f"checkpoint {ckpt_path} was trained as {extras['arch']}, not {arch}; "
+                                  f"pass --arch {extras['arch']} or another checkpoint")
+        copy_matching_state(network, state, ckpt_path, arch)
+    elif weights is not None:
+        load_weights(network, weights, arch)
+    try:
+        return split_network(network, split_at, image_size)
+    except SplitError as exc:
+        raise ValueError(f"--split_at: {exc}") from None
 
 
 # ------------------------------------------------------------------ checkpoints
-def without_module_prefix(state: dict[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
-    """A state dict with DataParallel's ``module.`` prefixes removed (the original's checkpoints have them)."""
-    return OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in state.items())
-
-
 def load_network_state(path: str, what: str = "base-init checkpoint (--classifier_ckpt)"
                        ) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a base-init checkpoint: its state dict (``module.`` prefixes removed) and extras."""
-    obj = safe_load(path, what=what)
-    if isinstance(obj, dict) and "state_dict" in obj:
-        state = obj["state_dict"]
-    elif isinstance(obj, dict) and "model_state" in obj:
-        state = obj["model_state"]
-    elif isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
-        state = obj
-    else:
-        raise CheckpointError(f"{path} holds no 'state_dict'; pass a checkpoint written by "
-                              "train_base_init_network_from_scratch.py")
-    state = without_module_prefix(state)
-    extras = {k: v for k, v in obj.items() if k in ("arch", "num_classes", "row_order", "class_names")} \
-        if isinstance(obj, dict) else {}
-    return state, extras
+    return read_state_dict(path, what)
 
 
 # A checkpoint's ``row_order`` when row k of its classifier is the class at position k of the class order and
@@ -244,55 +188,41 @@ def check_classifier_rows(path: str, run_names: list[str | None]) -> str | None:
     return None
 
 
-def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
-    """Raise if a floating-point tensor of ``state`` holds NaN or infinity (a run that diverged): a network
-    built from it would train and predict on NaNs without a word."""
-    for name, tensor in state.items():
-        if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"checkpoint {source}: {name} holds values that are not finite (NaN or inf); the "
-                                  "run that wrote it diverged: use an earlier checkpoint or train again")
 
 
-def copy_matching_state(target: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
-    """Copy ``state`` into ``target``, every parameter and buffer by its own name, or raise."""
-    own = target.state_dict()
-    check_finite({k: state[k] for k in own if k in state}, source)
-    missing = [k for k in own if k not in state]
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in own.items() if k in state and state[k].shape != v.shape]
-    if missing or mismatched:
-        detail = []
-        if missing:
-            detail.append(f"{len(missing)} missing tensors (e.g. {missing[0]})")
-        if mismatched:
-            detail.append(f"{len(mismatched)} shape mismatches (e.g. {mismatched[0]})")
-        raise CheckpointError(f"checkpoint {source} does not fit architecture {arch}: {'; '.join(detail)}; "
-                              "pass a checkpoint trained with this architecture and --num_classes")
-    target.load_state_dict({k: state[k] for k in own}, strict=True)
+# ------------------------------------------------------------------ flags
+def add_network_flags(group) -> None:
+    """``--arch``, ``--split_at``, ``--weights`` and the original's names for them, on an argument group."""
+    group.add_argument("--arch", type=str, default=None,
+                       help="the whole network: a torchvision classification model (resnet18, resnet50, "
+                            "mobilenet_v3_large, efficientnet_b0, convnext_tiny, regnet_y_400mf, ...) or the "
+                            f"original's {', '.join(FULL_NETWORKS)} (default: {PAPER_ARCH}, the paper's)")
+    group.add_argument("--split_at", type=str, default=None,
+                       help="last layer of the frozen trunk G; F is every layer after it (ResNets: layer4.0, the "
+                            "paper's; MobileNetV3-Large: features.7, SIESTA's); python -m remind.split ARCH lists "
+                            f"them (default for the original's networks: {PAPER_SPLIT})")
+    group.add_argument("--weights", type=str, default=None,
+                       help="torchvision weights file of --arch you already have (nothing is downloaded); its "
+                            "classifier may have another number of classes")
+    group.add_argument("--base_arch", type=str, default=None, help="the original's name for --arch")
+    group.add_argument("--extract_features_from", type=str, default=None, help="the original's name for --split_at")
+    group.add_argument("--classifier", type=str, default=None,
+                       help=f"the original's plastic head names ({', '.join(SPLIT_FOR_HEAD)}): another way to give "
+                            "--split_at")
+    group.add_argument("--num_channels", type=int, default=None,
+                       help="channels of G's maps: read from G; checked if given")
 
 
-def load_plastic_weights(plastic: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
-    """Give F the checkpoint's own tensors: F's ``model.layer4.1.conv1.weight`` is the checkpoint's
-    ``model.layer4.1.conv1.weight``, and so on for every kept block and ``fc``."""
-    copy_matching_state(plastic, state, source, arch)
+def network_from_args(args) -> tuple[str, str]:
+    """``(arch, split_at)`` of the parsed network flags."""
+    return resolve_network(args.arch, args.split_at, args.base_arch, args.extract_features_from, args.classifier)
 
 
-def build_trunk(arch: str, ckpt_path: str | None, split_layer: str, num_classes: int | None) -> FeatureTrunk:
-    """G: the full ``arch`` loaded from ``ckpt_path`` (random init if None), cut at ``split_layer``."""
-    network = build_full_network(arch, num_classes)
-    if ckpt_path is not None:
-        state, extras = load_network_state(ckpt_path)
-        if "arch" in extras and extras["arch"] != arch:
-            raise CheckpointError(f"checkpoint {ckpt_path} was trained as {extras['arch']}, not {arch}; "
-                                  f"pass --base_arch {extras['arch']} or another checkpoint")
-        copy_matching_state(network, state, ckpt_path, arch)
-    return FeatureTrunk(network, split_layer)
-
-
-def build_plastic(arch: str, ckpt_path: str | None, num_classes: int) -> ResNet18StartAt:
-    """F: the head ``arch`` with the checkpoint's tensors for its layers (random init if None)."""
-    plastic = build_plastic_network(arch, num_classes)
-    if ckpt_path is not None:
-        state, _ = load_network_state(ckpt_path)
-        load_plastic_weights(plastic, state, ckpt_path, arch)
-    return plastic
+def check_map_geometry(map_shape: tuple[int, int, int], num_codebooks: int, codebook_size: int,
+                       num_channels: int | None = None) -> None:
+    """G's map ``(C, H, W)`` against the PQ geometry (and ``--num_channels`` when given), with a fix."""
+    channels = map_shape[0]
+    if num_channels is not None and num_channels != channels:
+        raise ValueError(f"G gives {channels} channels but --num_channels is {num_channels}; drop the flag or set "
+                         f"--num_channels {channels}")
+    check_pq_shape(channels, num_codebooks, codebook_size)

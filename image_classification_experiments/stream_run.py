@@ -407,13 +407,18 @@ def stream_budget(title: str, spec: StreamSpec, examples_seen: list[int], evalua
     code_bytes = int(np.prod(map_shape)) * config.num_codebooks
     per_entry = code_bytes + entry_bytes(config.num_classes)
     f_bytes, momentum = budget.module_bytes(model.classifier_F), budget.trainable_bytes(model.classifier_F)
-    codebooks = config.codebook_size * config.num_channels * 4
+    channels = model.map_channels or model.map_shape(224)[0]  # G has run once in feature_shape
+    codebooks = config.codebook_size * channels * 4
     run_state = [n * per_entry + f_bytes + momentum + codebooks + 8 * config.num_classes for n in stored]
     f_file = f_bytes + momentum
     preds = [n * config.num_classes * 4 for n in evaluated]
     table = budget.Budget(title, save_dir=save_dir)
     table.add("training examples", examples_seen[-1])
     table.add("test examples (last evaluation)", evaluated[-1])
+    split = f"{model.arch} after {model.split_at}: " if hasattr(model, "arch") else ""
+    table.add("G's maps", f"{split}{channels} x {' x '.join(map(str, map_shape))} floats -> "
+                          f"{' x '.join(map(str, map_shape))} x {config.num_codebooks} = {code_bytes:,} B of codes "
+                          "per example")
     table.add("evaluations", f"{len(spec.points)} (base init to {spec.points[0]} {spec.unit}, then "
                              f"{len(spec.points) - 1} increments)")
     largest = max(stored)
@@ -423,7 +428,7 @@ def stream_budget(title: str, spec: StreamSpec, examples_seen: list[int], evalua
                                        f"{budget.human(largest * (per_entry - code_bytes))} = "
                                        f"{budget.human(largest * per_entry)}")
     table.add("codebooks", f"{config.num_codebooks} x {config.codebook_size} centroids of "
-                           f"{config.num_channels // config.num_codebooks} floats = {budget.human(codebooks)}")
+                           f"{channels // config.num_codebooks} floats = {budget.human(codebooks)}")
     table.add(f"device memory ({model.device.type})",
               f"buffer codes {budget.human(largest * code_bytes)} + F (weights, gradients, momentum) "
               f"{budget.human(f_bytes + 2 * momentum)} + G {budget.human(budget.module_bytes(model.classifier_G))}"

@@ -48,7 +48,6 @@ from image_classification_experiments.resnet_models import (
     ROW_ORDER,
     build_full_network,
     copy_matching_state,
-    without_module_prefix,
 )
 from image_classification_experiments.utils_imagenet import (
     DataError,
@@ -61,6 +60,7 @@ from image_classification_experiments.utils_imagenet import (
     refuse_unreadable,
     train_transform,
 )
+from remind.networks import classification_models, without_module_prefix
 from remind.checkpoint import CheckpointError, atomic_torch_save, safe_load
 from remind.cli import check_device, default_device, run_main
 from remind.lock import FolderLock
@@ -93,8 +93,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     model = parser.add_argument_group("model and checkpoints")
     model.add_argument("-a", "--arch", default="ResNet18ClassifyAfterLayer4_1", metavar="ARCH",
-                       help=f"full network to train: {', '.join(FULL_NETWORKS)} "
-                            "(ResNet18ClassifyAfterLayer4_1, as in the paper)")
+                       help="full network to train: any torchvision classification model (resnet18, resnet50, "
+                            "mobilenet_v3_large, efficientnet_b0, convnext_tiny, ...) or the original's "
+                            f"{', '.join(FULL_NETWORKS)} (ResNet18ClassifyAfterLayer4_1, as in the paper)")
     model.add_argument("--num_classes", type=int, default=1000,
                        help="outputs of fc (1000, so the stream can add classes later; >= --base_max_class)")
     model.add_argument("--ckpt_file", default=None,
@@ -168,8 +169,11 @@ def resolve_device(name: str, procs: Processes) -> torch.device:
 # ------------------------------------------------------------------ validation
 def check_args(args, procs: Processes) -> None:
     """Raise UsageError for flags that cannot work; fill in the defaults that depend on others."""
-    if args.arch not in FULL_NETWORKS:
-        raise UsageError(f"unknown --arch {args.arch!r}; choose one of: {', '.join(FULL_NETWORKS)}")
+    if args.arch not in FULL_NETWORKS and args.arch not in classification_models():
+        try:
+            build_full_network(args.arch, 1)  # its message names the fix
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     if args.base_max_class < 1:
         raise UsageError(f"--base_max_class must be at least 1 (got {args.base_max_class}); the paper uses 100")
     if args.num_classes < args.base_max_class:

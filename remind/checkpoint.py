@@ -95,7 +95,7 @@ def load_state(path, what: str = "checkpoint") -> tuple[dict[str, torch.Tensor],
 # The one layout of a run's resumable state, for every experiment: save_state's file with
 # meta["format"] == RUN_STATE_FORMAT, meta["identity"] (the settings that define the run) and
 # tensors["learner"] (StreamingLearner.state_dict) next to the experiment's own entries.
-RUN_STATE_FORMAT = "remind-run-state-v2"
+RUN_STATE_FORMAT = "remind-run-state-v3"  # v3: networks named by arch and split_at
 
 
 def save_run_state(path, state: dict, identity: dict, progress: dict) -> None:

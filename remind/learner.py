@@ -203,8 +203,13 @@ class StreamingLearner:
             state["buffer"] = self.buffer.state_dict()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`'s output (the buffer must have been built with the saved geometry)."""
+    def load_state_dict(self, state: dict, restore_global_rng: bool = False) -> None:
+        """Restore :meth:`state_dict`'s output (the buffer must have been built with the saved geometry).
+
+        ``restore_global_rng`` also sets torch's global CPU (and CUDA) generators to the saved ones: a
+        resumed script owns the process and needs them for dropout; a learner embedded in someone else's
+        program leaves them alone.
+        """
         self.plastic_net.load_state_dict(state["plastic_net"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.codec = PQCodec(state["codec"]["centroids"], device=self.device)
@@ -214,6 +219,7 @@ class StreamingLearner:
         if self.buffer is not None:
             self.buffer.load_state_dict(state["buffer"])
         self.rng = rng_from_json(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if restore_global_rng:
+            torch.set_rng_state(state["torch_rng"])
+            if "cuda_rng" in state and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])

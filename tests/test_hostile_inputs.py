@@ -171,6 +171,12 @@ def trainer_argv(vqa, out: Path, *extra: str, data_path=None) -> list[str]:
             "--stream_with_rehearsal", "--output_dir", str(out), *VQA_TINY, *extra]
 
 
+def _without(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag`` and its value."""
+    k = argv.index(flag)
+    return argv[:k] + argv[k + 2:]
+
+
 def with_flag(argv: list[str], flag: str, value: str | None = None) -> list[str]:
     """``argv`` with ``flag`` set to ``value`` (replaced where present, else appended)."""
     argv = list(argv)
@@ -419,10 +425,26 @@ add(IE, "--offline_epochs 2 with --max_buffer_size", "drop --max_buffer_size",
                         "--max_buffer_size", "10"))
 add(IE, "--spatial_feat_dim 7 at --image_size 64", "--spatial_feat_dim 7",
     lambda c: with_flag(ie_argv(c.images, c.tmp / "run"), "--spatial_feat_dim", "7"))
-add(IE, "--extract_features_from model.layer9.0", "split point",
+add(IE, "--extract_features_from model.layer9.0", "layers it can be split at",
     lambda c: with_flag(ie_argv(c.images, c.tmp / "run"), "--extract_features_from", "model.layer9.0"))
-add(IE, "--base_arch that does not exist", "unknown --base_arch",
+add(IE, "--base_arch that does not exist", "unknown network --arch/--base_arch",
     lambda c: with_flag(ie_argv(c.images, c.tmp / "run"), "--base_arch", "ResNet99"))
+add(IE, "--arch that is not a torchvision model", "not a torchvision classification model",
+    lambda c: with_flag(with_flag(ie_argv(c.images, c.tmp / "run"), "--arch", "resnet19"), "--split_at", "layer4.0"))
+add(IE, "--arch resnet18 without --split_at", "needs --split_at",
+    lambda c: with_flag(ie_argv(c.images, c.tmp / "run"), "--arch", "resnet18"))
+add(IE, "--split_at inside a residual block (a skip connection crosses it)", "a connection skips over the cut",
+    lambda c: with_flag(ie_argv(c.images, c.tmp / "run"), "--split_at", "model.layer4.0.conv2"))
+add(IE, "--split_at and --extract_features_from disagree", "disagree",
+    lambda c: with_flag(with_flag(ie_argv(c.images, c.tmp / "run"), "--split_at", "model.layer4.0"),
+                        "--extract_features_from", "model.layer3"))
+add(IE, "--num_codebooks not dividing G's channels at the chosen split", "choose --num_codebooks from a divisor",
+    lambda c: with_flag(with_flag(ie_argv(c.images, c.tmp / "run"), "--split_at", "model.layer1"),
+                        "--num_codebooks", "48"))
+add(IE, "--weights and --classifier_ckpt both given", "one of them",
+    lambda c: with_flag(ie_argv(c.images, c.tmp / "run"), "--weights", str(c.images.ckpt)))
+add(IE, "--weights file that does not exist (no --classifier_ckpt)", "nowhere.pth",
+    lambda c: _without(ie_argv(c.images, c.tmp / "run"), "--classifier_ckpt") + ["--weights", str(c.tmp / "nowhere.pth")])
 add(IE, "--device tpu", "'tpu' is not a device name",
     lambda c: with_flag(ie_argv(c.images, c.tmp / "run"), "--device", "tpu"))
 add(IE, "--device 'cuda:x' (not a device name)", "not a device name",
@@ -557,7 +579,7 @@ add(BI, "--base_max_class 0", "--base_max_class must be at least 1",
     lambda c: with_flag(base_init_argv(c.images, c.tmp / "ckpts"), "--base_max_class", "0"))
 add(BI, "--base_max_class 12 > --num_classes 10", "smaller than --base_max_class",
     lambda c: with_flag(base_init_argv(c.images, c.tmp / "ckpts"), "--base_max_class", "12"))
-add(BI, "--arch that does not exist", "unknown --arch",
+add(BI, "--arch that does not exist", "not a torchvision classification model",
     lambda c: with_flag(base_init_argv(c.images, c.tmp / "ckpts"), "--arch", "ResNet99"))
 add(BI, "--ckpt_file with a folder in it", "must be a file name",
     lambda c: with_flag(base_init_argv(c.images, c.tmp / "ckpts"), "--ckpt_file", "sub/net.pth"))

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F_nn
 
-import image_classification_experiments.REMINDModel as remind_module
+import remind.image as remind_module
 from image_classification_experiments import imagenet_experiment as ie
 from image_classification_experiments.make_digits_imagefolder import write_digits
 from image_classification_experiments.REMINDModel import REMINDModel
@@ -334,8 +334,8 @@ def test_f_starts_from_the_checkpoint_tensors_by_name(streamed_model, ckpt):
     assert set(initial) == {k for k in state if k.startswith(("model.layer4.1.", "model.fc."))}
     for name, tensor in initial.items():
         assert torch.equal(tensor, state[name]), name
-    block = getattr(streamed_model["model"].classifier_F.model.layer4, "1")
-    assert block is streamed_model["model"].classifier_F.model.layer4[0]  # the only block F keeps
+    layer4 = streamed_model["model"].classifier_F.model.layer4
+    assert [name for name, _ in layer4.named_children()] == ["1"]  # the only block F keeps, by its own name
     assert torch.equal(initial["model.layer4.1.conv1.weight"], state["model.layer4.1.conv1.weight"])
     assert not torch.equal(initial["model.layer4.1.conv1.weight"], state["model.layer4.0.conv1.weight"])
 
@@ -344,11 +344,11 @@ def test_g_is_frozen_and_f_learns(streamed_model, ckpt):
     state = torch.load(ckpt, weights_only=True)["state_dict"]
     model = streamed_model["model"]
     g_state = model.classifier_G.state_dict()
-    g_names = {"model." + k[len("layers."):] for k in g_state}
+    g_names = {k[len("layers."):] for k in g_state}  # the network's own names, under G's "layers."
     expected = {k for k in state if not k.startswith(("model.layer4.1.", "model.fc."))}
     assert g_names == expected
     for key, tensor in g_state.items():  # unchanged after PQ training and streaming, BN statistics included
-        assert torch.equal(tensor, state["model." + key[len("layers."):]]), key
+        assert torch.equal(tensor, state[key[len("layers."):]]), key
     assert all(not p.requires_grad for p in model.classifier_G.parameters())
     assert not model.classifier_G.training
     # G's forward is that of the full checkpointed network cut after layer4.0, in eval mode

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from image_classification_experiments.utils_imagenet import IMAGENET_MEAN, IMAGENET_STD, read_image
 from remind.checkpoint import CheckpointError, atomic_write_text, safe_load
 from remind.cli import check_device, default_device, run_main
+from remind.split import FrozenTrunk, split_network
 from vqa_experiments.vqa_data import VQADataError, atomic_npy, feature_paths
 
 TRUNK_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -46,8 +47,9 @@ def trained_stages(state) -> int | None:
     return stage if isinstance(stage, int) else None
 
 
-def build_trunk(arch: str, stage: int, weights: str | None, random_init: bool, seed: int = 0) -> nn.Sequential:
-    """``conv1 .. layer{stage}`` of a torchvision ResNet, frozen, in eval mode."""
+def build_trunk(arch: str, stage: int, weights: str | None, random_init: bool, seed: int = 0) -> FrozenTrunk:
+    """``conv1 .. layer{stage}`` of a torchvision ResNet (cut by :func:`remind.split.split_network`), frozen,
+    in eval mode."""
     if (weights is None) == (not random_init):
         raise VQADataError("pass exactly one of --weights PATH (a torchvision .pth; nothing can be downloaded "
                            "here) or --random_init")
@@ -80,10 +82,7 @@ def build_trunk(arch: str, stage: int, weights: str | None, random_init: bool, s
             raise CheckpointError(f"{weights}: {bad[0]} has shape {tuple(state[bad[0]].shape)}, {arch} needs "
                                   f"{tuple(wanted[bad[0]].shape)}; is it a different ResNet depth?")
         net.load_state_dict({k: state[k] for k in wanted}, strict=False)
-    layers = [net.conv1, net.bn1, net.relu, net.maxpool] + [getattr(net, f"layer{i}") for i in range(1, stage + 1)]
-    trunk = nn.Sequential(*layers).eval()
-    for p in trunk.parameters():
-        p.requires_grad_(False)
+    trunk, _ = split_network(net, f"layer{stage}", image_size=64)
     return trunk
 
 

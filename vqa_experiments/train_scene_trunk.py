@@ -37,6 +37,7 @@ from PIL import Image
 
 from remind.checkpoint import atomic_torch_save
 from remind.cli import check_device, default_device, run_main
+from remind.split import cut_network
 from vqa_experiments.image_features import TRUNK_ARCHS, ImageList
 from vqa_experiments.make_synthetic_vqa import ATTRIBUTES, VALUES, object_cell
 from vqa_experiments.vqa_data import VQADataError, read_json
@@ -83,15 +84,15 @@ def dense_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 class DenseTrunk(nn.Module):
-    """``conv1 .. layer{stage}`` of a torchvision ResNet plus a 1x1 convolution predicting each cell's targets."""
+    """``conv1 .. layer{stage}`` of a torchvision ResNet (cut by :func:`remind.split.cut_network`, trainable)
+    plus a 1x1 convolution predicting each cell's targets."""
 
     def __init__(self, arch: str, stage: int, num_targets: int):
         super().__init__()
         self.resnet = getattr(torchvision.models, arch)(weights=None)
         r = self.resnet
-        self.stages = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool,
-                                    *[getattr(r, f"layer{i}") for i in range(1, stage + 1)])
-        channels = [m for m in self.stages[-1].modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
+        self.stages, _ = cut_network(r, f"layer{stage}", image_size=64)
+        channels = [m for m in getattr(r, f"layer{stage}").modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
         self.head = nn.Conv2d(channels, num_targets, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

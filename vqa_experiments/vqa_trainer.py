@@ -342,7 +342,7 @@ def streaming(args, config, data: VQAData, model: VQAModel, out_dir: Path, ident
     ckpt = out_dir / CHECKPOINT
     if ckpt.exists():
         state, meta = load_checkpoint(ckpt, identity)
-        learner.load_state_dict(state["learner"])
+        learner.load_state_dict(state["learner"], restore_global_rng=True)  # the script owns the process
         if model.ema is not None:
             model.ema.load_state_dict(state["ema"])
         position, summary = meta["position"], meta["summary"]
