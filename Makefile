@@ -6,13 +6,15 @@ STAMP := $(VENV)/.installed
 # The VQA models run thousands of small ops per step and are 2x slower that way: demo-vqa leaves it unset.
 demo test bench: export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo demo-vqa test bench figure clean-results
+.PHONY: demo demo-vqa demo-avalanche test bench backbones figure clean-results
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --upgrade pip >/dev/null
 	$(VENV)/bin/python -m pip install -r requirements.txt
 	$(VENV)/bin/python -m pip install --no-deps -e .
+	# the optional Avalanche extra (avalanche-lib 0.6.0): its strategy's tests are part of the suite
+	$(VENV)/bin/python -m pip install -e '.[avalanche]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -20,6 +22,12 @@ demo: $(STAMP)
 
 demo-vqa: $(STAMP)
 	$(VENV)/bin/python -m vqa_experiments.vqa_demo --out results/demo-vqa --data data/demo-vqa
+
+demo-avalanche: $(STAMP)
+	$(VENV)/bin/python examples/avalanche_digits.py --out results/avalanche_digits.json --threads 1
+
+backbones: $(STAMP)
+	$(VENV)/bin/python benchmarks/backbones_digits.py --out results/backbones
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest tests

@@ -1,0 +1,1 @@
+"""Optional integrations of REMIND with other libraries (each needs its own extra; ``import remind`` imports none)."""
