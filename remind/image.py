@@ -136,6 +136,7 @@ class REMIND:
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         """G's feature maps ``(B, C, H, W)`` for ``images (B, 3, S, S)``."""
+        self.classifier_G.eval()  # a G the caller built may have been switched to train mode: BN must not move
         with torch.no_grad():
             maps = self.classifier_G(images.to(self.device, non_blocking=True))
         if maps.dim() != 4:
