@@ -94,6 +94,16 @@ class REMIND:
 
     # ----------------------------------------------------------------- parts
     @property
+    def trunk(self) -> nn.Module:
+        """G (the original's name: ``classifier_G``)."""
+        return self.classifier_G
+
+    @property
+    def head(self) -> nn.Module:
+        """F, the network being trained (the original's name: ``classifier_F``; replaced by :meth:`fit_offline`)."""
+        return self.classifier_F
+
+    @property
     def pq(self) -> PQCodec | None:
         """The product quantiser (None before base initialisation)."""
         return None if self.learner is None else self.learner.codec

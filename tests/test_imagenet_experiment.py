@@ -677,3 +677,34 @@ def test_resume_with_other_image_size(digits, ckpt, results, capfd):
     argv[argv.index("--image_size") + 1] = "32"  # 1x1 feature maps instead of 2x2
     line = assert_rejected(argv, capfd, [results])
     assert any(word in line for word in ("image_size", "feature map", "code shape", "1x1"))
+
+
+# ------------------------------------------------------------------ any backbone
+def test_any_torchvision_backbone_runs_base_init_then_the_stream(digits, tmp_path):
+    """The base-init trainer trains --arch, the experiment cuts it at --split_at; both are recorded. (Other
+    families are cut in tests/test_split.py; benchmarks/backbones_digits.py runs four of them end to end.)"""
+    arch, split_at, codebooks = "mobilenet_v3_small", "features.3", 8
+    from image_classification_experiments import train_base_init_network_from_scratch as base_init
+
+    assert base_init.main(["--data", str(digits), "--labels_dir", str(digits), "--arch", arch,
+                           "--base_max_class", str(BASE), "--num_classes", str(NUM_CLASSES), "--image_size", "64",
+                           "--epochs", "1", "-b", "16", "-j", "0", "--device", "cpu",
+                           "--save_dir", str(tmp_path / "base")]) == 0
+    ckpt = tmp_path / "base" / f"best_{arch}_{BASE}.pth"
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["arch"] == arch and "features.0.0.weight" in saved["state_dict"]
+    save_dir = tmp_path / "run"
+    assert ie.main(argv_for(digits, ckpt, save_dir, "--arch", arch, "--split_at", split_at,
+                            "--num_codebooks", str(codebooks), "--codebook_size", "16")) == 0
+    accuracies = json.loads((save_dir / f"accuracies_min_trained_0_max_trained_{NUM_CLASSES}.json").read_text())
+    assert len(accuracies["seen_classes_top1"]) == len(POINTS)
+    _, meta = load_state(save_dir / "remind_model" / f"remind_buffer_{NUM_CLASSES}.pth")
+    identity = meta["identity"]
+    assert (identity["arch"], identity["split_at"]) == (arch, split_at)
+    channels, height, width = identity["map_shape"]
+    assert channels % codebooks == 0 and meta["code_shape"] == [height, width, codebooks]
+    f_state = load_f(save_dir, NUM_CLASSES)["model_state_dict"]
+    assert f_state and all(not k.startswith(("features.0.", "features.1.")) for k in f_state)  # G's layers stay out
+    # a rerun of the finished run finds every point done (the recorded identity matches)
+    assert ie.main(argv_for(digits, ckpt, save_dir, "--arch", arch, "--split_at", split_at,
+                            "--num_codebooks", str(codebooks), "--codebook_size", "16")) == 0
