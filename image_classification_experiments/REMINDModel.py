@@ -103,9 +103,7 @@ class REMINDModel(REMIND):
         the run state (the learner's: F, optimizer, codebooks, buffer, generators; plus the per-class LR
         steps). The run state is written last, so its presence marks a complete increment."""
         folder = Path(save_full_path)
-        atomic_torch_save({"model_state_dict": self.classifier_F.state_dict(),
-                           "optimizer_state_dict": self.optimizer.state_dict()},
-                          folder / f"remind_classifier_F_{inc}.pth")
+        atomic_torch_save(self._f_file(), folder / f"remind_classifier_F_{inc}.pth")
         self.save_state(folder / f"remind_buffer_{inc}.pth", {"inc": inc, **(extra_meta or {})}, identity)
 
     def save_state(self, path: Path, progress: dict, identity: dict | None = None) -> None:
@@ -135,5 +133,9 @@ class REMINDModel(REMIND):
             safe_load(path, "REMIND classifier checkpoint")
         except CheckpointError as exc:
             print(f"{exc}; re-writing it from the run state", flush=True)
-            atomic_torch_save({"model_state_dict": self.classifier_F.state_dict(),
-                               "optimizer_state_dict": self.optimizer.state_dict()}, path)
+            atomic_torch_save(self._f_file(), path)
+
+    def _f_file(self) -> dict:
+        """``remind_classifier_F_<inc>.pth``: F's and the optimizer's states, and the network F was cut from."""
+        return {"model_state_dict": self.classifier_F.state_dict(), "optimizer_state_dict": self.optimizer.state_dict(),
+                "arch": self.arch, "split_at": self.split_at}
