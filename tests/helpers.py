@@ -48,3 +48,12 @@ def assert_nested_equal(a, b, path: str = "") -> None:
         assert torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b), path
     else:
         assert a == b, path
+
+
+def one_torch_thread():
+    """Generator for a module-scoped fixture: torch on one thread, restored after. On a loaded 2-core machine,
+    more threads oversubscribe the CPU (the small convolutions of these tests ran 50x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -19,6 +19,7 @@ from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics  # noqa:
 from avalanche.training.plugins import EvaluationPlugin  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
+from helpers import one_torch_thread  # noqa: E402
 from remind import REMIND, REMINDConfig, split_network  # noqa: E402
 from remind.integrations.avalanche import REMINDStrategy  # noqa: E402
 
@@ -66,13 +67,7 @@ CONFIG = REMINDConfig(num_classes=10, num_codebooks=8, codebook_size=16, replays
                       lr_examples_per_class=24, use_random_resized_crops=True, use_mixup=True, seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a loaded 2-core machine, more threads oversubscribe the CPU (50x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
 
 
 @pytest.fixture(scope="module")

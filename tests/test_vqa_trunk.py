@@ -16,16 +16,12 @@ import torch
 
 from vqa_experiments import feature_probe, make_synthetic_vqa, train_scene_trunk
 from vqa_experiments.clevr import extract_image_features_clevr
+from helpers import one_torch_thread
 
 SIZE = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_threaded():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+single_threaded = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
 
 
 @pytest.fixture(scope="module")
