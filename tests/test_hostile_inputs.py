@@ -9,7 +9,8 @@ scripts in a subprocess) and checks the outcome its kind promises:
 - ``late``: the run starts and then meets the bad input: exit 2, no traceback, the last stderr line is the
   ``error:`` line (progress bars may come before it);
 - ``argparse``: a flag argparse itself refuses (exit 2, its ``error:`` line after the usage);
-- ``rerun``: a rerun over finished work: exit 0, nothing rewritten, the expected note on stdout.
+- ``rerun``: a rerun over finished work: exit 0, nothing rewritten, the expected note on stdout;
+- ``ok``: an input that looks wrong but is valid (a byte-order mark): exit 0, the expected note on stdout.
 
 ``docs/hostile_inputs.md`` is this table with the outcome of each case; regenerate it with
 ``HOSTILE_INPUTS_TABLE=docs/hostile_inputs.md python -m pytest tests/test_hostile_inputs.py``.
@@ -947,6 +948,63 @@ add("run_clevr_experiment.sh", "PREPARE=1 without WEIGHTS", "needs WEIGHTS",
     lambda c: ({"PREPARE": "1", "DATA_PATH": str(c.tmp / "work")}, [c.tmp / "work"]))
 
 
+# ------------------------------------------------------------------ issue 20: symlink loops, huge images, BOMs
+def linked_back(c, split: str = "train") -> Path:
+    """A digits copy with ``ln -s .. <split>/digit_8/loop``: a folder symlink back to the split folder."""
+    data = digits_copy(c.images, c.tmp)
+    os.symlink("..", data / split / "digit_8" / "loop")
+    _scan_folder.cache_clear()
+    return data
+
+
+def bomb_png(width: int = 16000, height: int = 16000) -> bytes:
+    """A PNG header declaring ``width`` x ``height`` pixels (over PIL's decompression-bomb limit), a few bytes."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
+        chunk(b"IEND", b"")
+
+
+def with_bomb(c, split: str, below: int) -> Path:
+    data = digits_copy(c.images, c.tmp)
+    break_image(data, split, below, bomb_png())
+    return data
+
+
+LOOPS = "a folder symlink back into the tree: refused, naming the link"
+BOMBS = "images over PIL's decompression-bomb limit: one line naming the file"
+add(ML, "a folder symlink back to the split folder (ln -s .. train/digit_8/loop)", "digit_8/loop leads back to",
+    fixed=LOOPS, build=lambda c: ml_argv(c, data=linked_back(c)))
+add(IE, "a folder symlink back to the split folder (ln -s .. val/digit_8/loop)", "digit_8/loop leads back to",
+    fixed=LOOPS, build=lambda c: (lambda d: ie_argv(c.images, c.tmp / "run", images_dir=d, label_dir=d))(
+        linked_back(c, "val")))
+add(BI, "a folder symlink back to the split folder (ln -s .. train/digit_8/loop)", "digit_8/loop leads back to",
+    fixed=LOOPS, build=lambda c: base_init_argv(c.images, c.tmp / "ckpts", data=linked_back(c)))
+add(IE, "--check_images with a 16000 x 16000 PNG", "1 images cannot be read", fixed=BOMBS,
+    build=lambda c: (lambda d: ie_argv(c.images, c.tmp / "run", "--check_images", images_dir=d, label_dir=d))(
+        with_bomb(c, "train", 4)))
+add(IE, "a 16000 x 16000 PNG met during the run", "DecompressionBombError", kind="late", fixed=BOMBS,
+    build=lambda c: (lambda d: ie_argv(c.images, c.tmp / "run", images_dir=d, label_dir=d))(with_bomb(c, "train", 4)))
+add(BI, "--check_images with a 16000 x 16000 PNG", "1 images cannot be read", fixed=BOMBS,
+    build=lambda c: base_init_argv(c.images, c.tmp / "ckpts", "--check_images", data=with_bomb(c, "val", 4)))
+add(CE, "a 16000 x 16000 PNG frame met during the run", "DecompressionBombError", kind="late", fixed=BOMBS,
+    build=lambda c: (lambda data: (write(data / "s4/o2/C_04_02_001.png", bomb_png()),
+                                   core50_argv(c.images, c.tmp / "run", "--base_init_fraction", "1.0",
+                                               data_dir=data))[1])(core50_copy(c.images, c.tmp)))
+add(EX, "a 16000 x 16000 PNG image", "DecompressionBombError", fixed=BOMBS,
+    build=lambda c: (lambda raw: (write(sorted((raw / "images/train").glob("*.png"))[3], bomb_png()),
+                                  ex_argv(c, path=raw))[1])(
+        Path(shutil.copytree(c.vqa.clevr / "images", c.tmp / "clevr/images")).parent))
+add(ML, "a class-order file that starts with a UTF-8 byte-order mark", "10 classes)", kind="ok",
+    fixed="class order files read as utf-8-sig (the first class was reported missing)",
+    build=lambda c: ml_argv(c, order=write(c.tmp / "order.txt", b"\xef\xbb\xbf" + (
+        c.images.digits / "class_order.txt").read_bytes()))[0] )
+
+
 # ------------------------------------------------------------------------------------------- the test
 def snapshot(paths) -> dict:
     """Bytes and modification time of every file under ``paths``; ``absent`` for paths that do not exist."""
@@ -1001,7 +1059,7 @@ def test_hostile_input(case: Case, request, tmp_path, capfd):
             rc = exc.code
         out, err = capfd.readouterr()
         lines = err.strip().splitlines()
-        if case.kind == "rerun":
+        if case.kind in ("rerun", "ok"):
             assert rc == 0 and case.expect in out, (rc, out, err)
             line = "exit 0; " + case.expect
         elif case.kind == "argparse":
