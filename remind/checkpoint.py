@@ -1,8 +1,10 @@
 """Checkpoint I/O: atomic writes, pickle-free loads, clear errors on damage."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -14,10 +16,30 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, corrupt or of the wrong kind."""
 
 
+# torch.save reports a write that failed (a full disk, a quota) as a RuntimeError of its zip writer, such as
+# "[enforce fail at inline_container.cc:...] . unexpected pos 123 vs 0", not as an OSError.
+TORCH_WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter failed writing")
+
+
+def _disk_full(exc: BaseException, path: Path, tmp: str) -> OSError | None:
+    """``exc`` as one OSError (errno ENOSPC) naming the folder and the bytes needed, if it says the disk is full."""
+    full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in TORCH_WRITE_FAILURES))
+    if not full:
+        return None
+    written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
+    free = shutil.disk_usage(path.parent).free
+    return OSError(errno.ENOSPC, f"no space left on the disk while writing {path.name} (it needed more than "
+                                 f"{written / 2**20:.1f} MiB; {free / 2**20:.1f} MiB are free); the previous "
+                                 f"{path.name}, if any, is intact and a rerun continues from it", str(path.parent))
+
+
 def atomic_write(path: str | os.PathLike, write, mode: str = "wb") -> None:
     """Call ``write(handle)`` on a temporary file in ``path``'s folder, fsync, then rename it over ``path``.
 
-    A crash mid-write leaves the previous file (if any) untouched. ``mode`` is ``"wb"`` or ``"w"``.
+    A crash mid-write leaves the previous file (if any) untouched. ``mode`` is ``"wb"`` or ``"w"``. A full disk
+    (or quota) is an OSError with errno ENOSPC naming the folder, whatever wrote (torch's writer says it in a
+    RuntimeError), so that every entry point's run_main prints it as one line.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,9 +53,12 @@ def atomic_write(path: str | os.PathLike, write, mode: str = "wb") -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        full = _disk_full(exc, path, tmp)
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if full is not None:
+            raise full from None
         raise
 
 

@@ -127,7 +127,7 @@ class Context:
         self._request, self.tmp = request, tmp
 
     def __getattr__(self, name: str):
-        if name in ("images", "vqa", "finished"):
+        if name in ("images", "vqa", "finished", "capfd"):
             return self._request.getfixturevalue(name)
         raise AttributeError(name)
 
@@ -321,14 +321,16 @@ class Case:
     fixed: str = ""           # the code change that made this case pass, if it failed before issue 12's work
     xfail: str = ""
     protect: tuple = field(default=())
+    patch: Callable | None = None   # (monkeypatch, Context) -> None: the situation (a full disk) before the call
+    after: Callable | None = None   # (Context, argv) -> None: checks after the call (the rerun continues)
 
 
 CASES: list[Case] = []
 
 
 def add(entry: str, what: str, expect: str, build: Callable, kind: str = "error", fixed: str = "",
-        xfail: str = "") -> None:
-    CASES.append(Case(entry, what, build, expect, kind, fixed, xfail))
+        xfail: str = "", patch: Callable | None = None, after: Callable | None = None) -> None:
+    CASES.append(Case(entry, what, build, expect, kind, fixed, xfail, patch=patch, after=after))
 
 
 # ------------------------------------------------------------------ imagenet_experiment
@@ -1005,6 +1007,43 @@ add(ML, "a class-order file that starts with a UTF-8 byte-order mark", "10 class
         c.images.digits / "class_order.txt").read_bytes()))[0] )
 
 
+# ------------------------------------------------------------------ issue 20: a disk that fills up mid-run
+def full_disk_at(name: str):
+    """A patch making torch.save fail as on a full disk (torch's own RuntimeError) when it writes ``name``."""
+    def patch(monkeypatch, c) -> None:
+        real = torch.save
+
+        def save(obj, f, *args, **kwargs):
+            target = os.readlink(f"/proc/self/fd/{f.fileno()}") if hasattr(f, "fileno") else str(f)
+            if Path(target).name.startswith(f".{name}."):
+                f.write(b"PK" * 512)
+                raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1024 vs 960")
+            return real(obj, f, *args, **kwargs)
+        monkeypatch.setattr(torch, "save", save)
+    return patch
+
+
+def rerun_continues(entry: str, kept: str, note: str):
+    """After the full disk: ``kept`` is still a complete state, no temporary is left, and a rerun continues."""
+    def after(c, argv) -> None:
+        folder = Path(argv[argv.index("--save_dir") + 1])
+        torch.load(folder / kept, weights_only=True)
+        assert not list(folder.rglob(".*.tmp")), list(folder.rglob(".*.tmp"))
+        assert ENTRIES[entry](argv) == 0
+        assert note in c.capfd.readouterr().out
+    return after
+
+
+DISK = "the atomic writer turns torch's 'unexpected pos' into one ENOSPC line naming the folder"
+add(IE, "the disk fills up while remind_buffer_6.pth is written", "no space left on the disk while writing "
+    "remind_buffer_6.pth", kind="late", fixed=DISK, patch=full_disk_at("remind_buffer_6.pth"),
+    after=rerun_continues(IE, "remind_model/remind_buffer_4.pth", "resuming from"),
+    build=lambda c: ie_argv(c.images, c.tmp / "run"))
+add(BI, "the disk fills up while the checkpoint is written", "no space left on the disk while writing",
+    kind="late", fixed=DISK, patch=full_disk_at("net.pth"),
+    build=lambda c: base_init_argv(c.images, c.tmp / "ckpts"))
+
+
 # ------------------------------------------------------------------------------------------- the test
 def snapshot(paths) -> dict:
     """Bytes and modification time of every file under ``paths``; ``absent`` for paths that do not exist."""
@@ -1039,13 +1078,16 @@ def run_shell(script: str, env: dict, tmp: Path) -> tuple[int, str, str]:
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=case_id(c), marks=[pytest.mark.xfail(strict=True, reason=c.xfail)]
                                                if c.xfail else []) for c in CASES])
-def test_hostile_input(case: Case, request, tmp_path, capfd):
-    built = case.build(Context(request, tmp_path))
+def test_hostile_input(case: Case, request, tmp_path, capfd, monkeypatch):
+    context = Context(request, tmp_path)
+    built = case.build(context)
     args, protected = built if isinstance(built, tuple) else (built, [])
     if case.entry not in SHELL and case.kind in ("error", "argparse"):
         protected = [*protected, *(Path(a) for a, flag in zip(args[1:], args) if flag in (
             "--save_dir", "--output_dir", "--out", "--labels_dir"))]
     before = snapshot(protected)
+    if case.patch is not None:
+        case.patch(monkeypatch, context)
     capfd.readouterr()
     if case.entry in SHELL:
         rc, out, err = run_shell(case.entry, args, tmp_path)
@@ -1073,6 +1115,9 @@ def test_hostile_input(case: Case, request, tmp_path, capfd):
             line = lines[0]
     assert case.expect in line, line
     assert snapshot(protected) == before
+    if case.after is not None:
+        monkeypatch.undo()
+        case.after(context, args)
     RECORDED[case_id(case)] = (case, line.replace(str(tmp_path), "<tmp>").replace(str(tmp_path.parent),
                                                                                   "<session tmp>"))
 
