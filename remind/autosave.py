@@ -29,6 +29,20 @@ class StopRequested(Exception):
         self.exit_code = 128 + signum
 
 
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second signal while a stop was pending: the process stops where it is, without saving.
+
+    A KeyboardInterrupt (not an Exception), so that no ``except Exception`` on the way up swallows it; every
+    write is atomic, so the state on disk is the last complete one.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped at once by a second {signal.Signals(signum).name}; the run's last complete "
+                         "checkpoint on disk is kept: run the same command again to continue from it")
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
 class Autosave:
     """Timer and signal handling for mid-segment checkpoints.
 
@@ -50,7 +64,7 @@ class Autosave:
     # ------------------------------------------------------------- signals
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:  # the second one: stop now, without waiting for a safe point
-            raise KeyboardInterrupt(f"{signal.Signals(signum).name} while a stop was pending")
+            raise StoppedAtOnce(signum)
         self.signum = signum
         print(f"\n{signal.Signals(signum).name} received: saving the run's state at the next safe point "
               "(send it again to stop at once)", flush=True)

@@ -10,7 +10,8 @@ scripts in a subprocess) and checks the outcome its kind promises:
   ``error:`` line (progress bars may come before it);
 - ``argparse``: a flag argparse itself refuses (exit 2, its ``error:`` line after the usage);
 - ``rerun``: a rerun over finished work: exit 0, nothing rewritten, the expected note on stdout;
-- ``ok``: an input that looks wrong but is valid (a byte-order mark): exit 0, the expected note on stdout.
+- ``ok``: an input that looks wrong but is valid (a byte-order mark): exit 0, the expected note on stdout;
+- ``stopped``: a signal (sent by the case's patch): exit 128 + its number, no traceback, the note last on stderr.
 
 ``docs/hostile_inputs.md`` is this table with the outcome of each case; regenerate it with
 ``HOSTILE_INPUTS_TABLE=docs/hostile_inputs.md python -m pytest tests/test_hostile_inputs.py``.
@@ -1044,6 +1045,34 @@ add(BI, "the disk fills up while the checkpoint is written", "no space left on t
     build=lambda c: base_init_argv(c.images, c.tmp / "ckpts"))
 
 
+# ------------------------------------------------------------------ issue 20: a scheduler that signals twice
+def signals_twice(signum: int):
+    """A patch sending ``signum`` twice at the stream's first safe point: the second arrives while a stop is
+    pending and must stop the run at once."""
+    def patch(monkeypatch, c) -> None:
+        import signal
+
+        from remind.autosave import Autosave
+        real = Autosave.tick
+
+        def tick(self, save):
+            if not self.stop_pending:
+                os.kill(os.getpid(), signum)
+                os.kill(os.getpid(), signum)
+            return real(self, save)
+        monkeypatch.setattr(Autosave, "tick", tick)
+        assert signum in (signal.SIGINT, signal.SIGTERM)
+    return patch
+
+
+TWICE = "a second signal raises StoppedAtOnce, which run_main prints as one line (it was a traceback)"
+add(IE, "SIGINT twice while a stop is pending", "stopped at once by a second SIGINT", kind="stopped", fixed=TWICE,
+    patch=signals_twice(2), after=rerun_continues(IE, "remind_model/remind_buffer_4.pth", "resuming from"),
+    build=lambda c: ie_argv(c.images, c.tmp / "run"))
+add(IE, "SIGTERM twice while a stop is pending", "stopped at once by a second SIGTERM", kind="stopped", fixed=TWICE,
+    patch=signals_twice(15), build=lambda c: ie_argv(c.images, c.tmp / "run"))
+
+
 # ------------------------------------------------------------------------------------------- the test
 def snapshot(paths) -> dict:
     """Bytes and modification time of every file under ``paths``; ``absent`` for paths that do not exist."""
@@ -1110,6 +1139,9 @@ def test_hostile_input(case: Case, request, tmp_path, capfd, monkeypatch):
         elif case.kind == "late":
             assert rc == 2 and "Traceback" not in err and lines and lines[-1].startswith("error:"), (rc, err)
             line = lines[-1]
+        elif case.kind == "stopped":
+            assert rc > 128 and "Traceback" not in err and lines, (rc, err)
+            line = f"exit {rc}; {lines[-1]}"
         else:
             assert rc == 2 and len(lines) == 1 and lines[0].startswith("error:"), (rc, err)
             line = lines[0]
