@@ -12,6 +12,7 @@ tick or at :meth:`Autosave.checkpointed` (after a point's checkpoint).
 """
 from __future__ import annotations
 
+import math
 import signal
 import time
 from typing import Callable
@@ -27,6 +28,15 @@ class StopRequested(Exception):
                          "run the same command again to continue")
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+def check_every_minutes(minutes: float) -> float:
+    """``--checkpoint_every_minutes`` or a ValueError: NaN compares false with everything, so it would turn the
+    timed saves off without a word, and inf is no interval (0 is the documented way to turn them off)."""
+    if not (math.isfinite(minutes) and minutes >= 0):
+        raise ValueError(f"--checkpoint_every_minutes must be a finite number >= 0 (0 turns timed saves off), "
+                         f"got {minutes}")
+    return minutes
 
 
 class StoppedAtOnce(KeyboardInterrupt):
@@ -53,9 +63,7 @@ class Autosave:
     """
 
     def __init__(self, every_minutes: float, clock: Callable[[], float] = time.monotonic):
-        if every_minutes < 0:
-            raise ValueError(f"--checkpoint_every_minutes must be >= 0, got {every_minutes}")
-        self.interval = every_minutes * 60.0
+        self.interval = check_every_minutes(every_minutes) * 60.0
         self.clock = clock
         self.last = clock()
         self.signum: int | None = None

@@ -128,10 +128,11 @@ def save_run_state(path, state: dict, identity: dict, progress: dict) -> None:
     save_state(path, state, {"format": RUN_STATE_FORMAT, "identity": identity, **progress})
 
 
-def check_identity(saved: dict, current: dict, where, allow: bool = False) -> str | None:
+def check_identity(saved: dict, current: dict, where, allow: bool = False, allow_flag: bool = True) -> str | None:
     """Refuse to resume when a setting that changes what is computed differs; names every one.
 
     With ``allow`` the differences are returned instead (the caller records them), None when there are none.
+    ``allow_flag``: the entry point has ``--allow_changed_settings``, so the message may suggest it.
     """
     current = json.loads(json.dumps(current))  # tuples become lists, as in the saved JSON
     differing = {}
@@ -146,17 +147,18 @@ def check_identity(saved: dict, current: dict, where, allow: bool = False) -> st
         detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in sorted(differing.items()))
         if allow:
             return detail
+        suggestion = (" (--allow_changed_settings continues anyway and records the change)" if allow_flag else "")
         raise CheckpointError(f"{where} belongs to a run with other settings ({detail}); use the same settings, "
-                              "or another results folder (--allow_changed_settings continues anyway and records "
-                              "the change)")
+                              f"or another results folder{suggestion}")
     return None
 
 
 def load_run_state(path, identity: dict, what: str = "run checkpoint",
-                   allow_changes: bool = False) -> tuple[dict, dict]:
+                   allow_changes: bool = False, allow_flag: bool = True) -> tuple[dict, dict]:
     """Read :func:`save_run_state`'s file and check it is this run; returns (state, progress meta).
 
     With ``allow_changes`` a run with other settings loads too, and ``meta["settings_changed"]`` says how.
+    ``allow_flag``: whether the caller has ``--allow_changed_settings`` to suggest.
     """
     try:
         state, meta = load_state(path, what)
@@ -170,7 +172,10 @@ def load_run_state(path, identity: dict, what: str = "run checkpoint",
         raise CheckpointError(f"{what} {path} was written by an earlier version of this project "
                               f"(format {meta.get('format', 'v1')!r}, this one reads {RUN_STATE_FORMAT!r}) and "
                               "cannot be resumed; rerun into a new results folder")
-    changes = check_identity(meta["identity"], identity, path, allow_changes)
+    if not isinstance(meta.get("identity"), dict):  # written by hand or by another program: not resumable
+        raise CheckpointError(f"{what} {path} has no run identity in its metadata, so it cannot be checked against "
+                              "these settings; rerun into a new results folder")
+    changes = check_identity(meta["identity"], identity, path, allow_changes, allow_flag)
     if changes:
         meta["settings_changed"] = changes
     return state, meta
