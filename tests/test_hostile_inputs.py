@@ -1073,6 +1073,81 @@ add(IE, "SIGTERM twice while a stop is pending", "stopped at once by a second SI
     patch=signals_twice(15), build=lambda c: ie_argv(c.images, c.tmp / "run"))
 
 
+# ------------------------------------------------------------------ issue 20: flag values and question fields
+def clevr_with(c, position: int, **fields):
+    """A copy of the synthetic CLEVR questions with question ``position``'s ``fields`` replaced."""
+    raw = Path(shutil.copytree(c.vqa.clevr / "questions", c.tmp / "clevr/questions")).parent
+    file = raw / "questions/CLEVR_train_questions.json"
+    data = json.loads(file.read_text())
+    data["questions"][position].update(fields)
+    file.write_text(json.dumps(data))
+    return ["--path", str(raw), "--out", str(c.tmp / "work")], [c.tmp / "work", raw]
+
+
+def tdiuc_answer(c, position: int, answer):
+    """A copy of the synthetic TDIUC files with annotation ``position``'s first answer replaced."""
+    raw = Path(shutil.copytree(c.vqa.tdiuc, c.tmp / "tdiuc", ignore=shutil.ignore_patterns("Images")))
+    file = raw / "Annotations/mscoco_train2014_annotations.json"
+    data = json.loads(file.read_text())
+    data["annotations"][position]["answers"][0]["answer"] = answer
+    file.write_text(json.dumps(data))
+    return ["--path", str(raw), "--out", str(c.tmp / "work")], [c.tmp / "work", raw]
+
+
+def other_run_checkpoint(c) -> list[str]:
+    """An --output_dir whose checkpoint.pt is of a run with another seed (a finished 1-epoch run)."""
+    out = c.tmp / "out"
+    assert vqa_trainer.main(trainer_argv(c.vqa, out, "--seed", "1")) == 0
+    return trainer_argv(c.vqa, out)
+
+
+def omega_into_run(c):
+    """compute_omega with --out the learner's own results folder, which holds its accuracy_curves.png."""
+    run = omega_run(c.tmp / "remind", [80, 60, 50])
+    write(run / "accuracy_curves.png", b"the run's own plot")
+    return omega_argv(c.tmp, learner=run)[:-1] + [str(run)], [run]
+
+
+FLAGS20 = "flag values checked before work (issue 20)"
+FIELDS = "each question's fields checked, the first bad one named by its index"
+add(IE, "--checkpoint_every_minutes nan", "finite number >= 0", fixed=FLAGS20,
+    build=lambda c: with_flag(ie_argv(c.images, c.tmp / "run"), "--checkpoint_every_minutes", "nan"))
+add(IE, "--checkpoint_every_minutes inf", "finite number >= 0", fixed=FLAGS20,
+    build=lambda c: with_flag(ie_argv(c.images, c.tmp / "run"), "--checkpoint_every_minutes", "inf"))
+add(CE, "--checkpoint_every_minutes nan", "finite number >= 0", fixed=FLAGS20,
+    build=lambda c: with_flag(core50_argv(c.images, c.tmp / "run"), "--checkpoint_every_minutes", "nan"))
+add(VT, "--checkpoint_every_minutes nan", "finite number >= 0", fixed=FLAGS20,
+    build=lambda c: trainer_argv(c.vqa, c.tmp / "out", "--checkpoint_every_minutes", "nan"))
+add(IE, "--streaming_min_class 9 --streaming_max_class 7 (a reversed range)", "is reversed", fixed=FLAGS20,
+    build=lambda c: ie_argv(c.images, c.tmp / "run", "--streaming_min_class", "9", "--streaming_max_class", "7"))
+add(IE, "--num_classes 1000000000000", "for F's last layer alone", fixed=FLAGS20,
+    build=lambda c: with_flag(ie_argv(c.images, c.tmp / "run"), "--num_classes", "1000000000000"))
+add(VT, "--set lr=1e400 (inf)", "not a finite number", fixed=FLAGS20,
+    build=lambda c: trainer_argv(c.vqa, c.tmp / "out", "--set", "lr=1e400"))
+add(VT, "--glove text file with a 'nan' value", "not finite", fixed=FLAGS20,
+    build=lambda c: trainer_argv(c.vqa, c.tmp / "out", "--glove", str(write(c.tmp / "glove.txt", "".join(
+        f"{w} " + " ".join(["nan"] * 16) + "\n" for w in ("is", "there", "a", "the", "what")) ))))
+add(VT, "--glove of another dimension than emb_dim", "glove.txt have shape", fixed=FLAGS20,
+    build=lambda c: trainer_argv(c.vqa, c.tmp / "out", "--glove", str(write(c.tmp / "glove.txt", "".join(
+        f"{w} " + " ".join(["0.1"] * 8) + "\n" for w in ("is", "there", "a", "the", "what")) ))))
+add(VT, "an --output_dir of a run with another --seed", "seed: saved 1, now 0", fixed=FLAGS20 + (
+    ": the VQA trainer no longer suggests --allow_changed_settings, which it does not have"),
+    build=lambda c: (lambda a: (a, [c.tmp / "out"]))(other_run_checkpoint(c)))
+add(PC, "an answer that is null", "question 2 has answer None", fixed=FIELDS,
+    build=lambda c: clevr_with(c, 2, answer=None))
+add(PC, "an image_index of 1.7", "question 1 has image_index 1.7", fixed=FIELDS,
+    build=lambda c: clevr_with(c, 1, image_index=1.7))
+add(PC, "a question_index that is a string", "question 0 has question_index '0'", fixed=FIELDS,
+    build=lambda c: clevr_with(c, 0, question_index="0"))
+add(PT, "an answer that is null", "annotation 1 has answer None", fixed=FIELDS,
+    build=lambda c: tdiuc_answer(c, 1, None))
+
+# ------------------------------------------------------------------ issue 20: report writers
+add(CO, "--out that is one of the runs (its accuracy_curves.png)", "holds a run's results",
+    fixed="compute_omega refuses an --out holding a run's results (it overwrote the run's plot)",
+    build=lambda c: omega_into_run(c))
+
+
 # ------------------------------------------------------------------------------------------- the test
 def snapshot(paths) -> dict:
     """Bytes and modification time of every file under ``paths``; ``absent`` for paths that do not exist."""
