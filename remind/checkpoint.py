@@ -29,9 +29,10 @@ def _disk_full(exc: BaseException, path: Path, tmp: str) -> OSError | None:
         return None
     written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
     free = shutil.disk_usage(path.parent).free
-    return OSError(errno.ENOSPC, f"no space left on the disk while writing {path.name} (it needed more than "
-                                 f"{written / 2**20:.1f} MiB; {free / 2**20:.1f} MiB are free); the previous "
-                                 f"{path.name}, if any, is intact and a rerun continues from it", str(path.parent))
+    # no filename argument: run_main would append it in parentheses, and the folder is named here already
+    return OSError(errno.ENOSPC, f"no space left in {path.parent} while writing {path.name} (it needed more than "
+                                 f"the {written:,} bytes written before it failed; {free / 2**20:,.0f} MiB are "
+                                 f"free); the previous {path.name}, if any, is intact and a rerun continues from it")
 
 
 def atomic_write(path: str | os.PathLike, write, mode: str = "wb") -> None:
