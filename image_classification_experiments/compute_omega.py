@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from remind import reporting
+from remind.checkpoint import atomic_write_text
 from remind.cli import run_main
 from remind.metrics import omega
 
@@ -113,12 +114,22 @@ def compute(offline_dir: str, run_dirs: dict[str, str], out: str) -> dict:
         except ValueError as exc:
             raise ValueError(f"run {name} ({run_dirs[name]}) against {offline_dir}: {exc}") from None
     out_dir = Path(out)
+    refuse_run_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     all_runs = {**runs, "offline": offline}
-    (out_dir / "omega.json").write_text(json.dumps(omegas, indent=2))
-    (out_dir / "results.md").write_text(results_markdown(omegas, all_runs, classes))
+    atomic_write_text(out_dir / "omega.json", json.dumps(omegas, indent=2))
+    atomic_write_text(out_dir / "results.md", results_markdown(omegas, all_runs, classes))
     reporting.plot_accuracies(all_runs, classes, out_dir / "accuracy_curves.png")
     return omegas
+
+
+def refuse_run_folder(out_dir: Path) -> None:
+    """Refuse an --out that holds a run's own results: its accuracy_curves.png (and results.md) have the same
+    names as this report's and would be overwritten. A folder of an earlier report is rewritten."""
+    if out_dir.is_dir() and any(out_dir.glob("accuracies_min_trained_*_max_trained_*.json")):
+        raise ValueError(f"--out {out_dir} holds a run's results (accuracies_min_trained_*.json), whose "
+                         "accuracy_curves.png this report would overwrite; choose another --out, e.g. "
+                         "results/omega")
 
 
 def parse_runs(items: list[str]) -> dict[str, str]:

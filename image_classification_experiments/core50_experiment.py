@@ -52,7 +52,7 @@ from image_classification_experiments.utils_core50 import (
 )
 from image_classification_experiments.utils_imagenet import DataError, refuse_unreadable
 from remind import reporting
-from remind.autosave import Autosave
+from remind.autosave import Autosave, check_every_minutes
 from remind.checkpoint import CheckpointError, atomic_torch_save
 from remind.cli import add_preflight_flags, check_device, run_main
 from remind.lock import FolderLock
@@ -107,8 +107,7 @@ def validate_args(args) -> None:
     if args.permutation_seed < 0:
         raise DataError(f"--permutation_seed must be non-negative, got {args.permutation_seed}")
     keep_policy(args.keep_checkpoints)
-    if args.checkpoint_every_minutes < 0:
-        raise DataError(f"--checkpoint_every_minutes must be >= 0, got {args.checkpoint_every_minutes}")
+    check_every_minutes(args.checkpoint_every_minutes)
     if args.rehearsal_samples < 0 or args.batch_size < 1 or args.image_size < 32:
         raise DataError("--rehearsal_samples must be >= 0, --batch_size >= 1 and --image_size >= 32")
 

@@ -69,9 +69,10 @@ from image_classification_experiments.utils_imagenet import (
     refuse_unreadable,
 )
 from remind import reporting
-from remind.autosave import Autosave
+from remind.autosave import Autosave, check_every_minutes
 from remind.checkpoint import CheckpointError, load_state
 from remind.cli import add_preflight_flags, check_device, default_device, run_main
+from remind.config import check_num_classes_fit
 from remind.lock import FolderLock
 
 __all__ = ["ACCURACY_KEYS", "get_args_parser", "learner_args_parser", "main"]
@@ -172,6 +173,7 @@ def resolve_lr_examples(value: str, train_labels_fn, num_classes: int):
 # ------------------------------------------------------------------ checks
 def stream_spec(args) -> StreamSpec:
     """The evaluation points the flags describe (built once; the flags are not written to)."""
+    check_num_classes_fit(args.num_classes)  # before the points: a huge --num_classes would list billions
     max_class = args.num_classes if args.streaming_max_class is None else args.streaming_max_class
     if max_class > args.num_classes:
         raise DataError(f"--streaming_max_class {max_class} exceeds --num_classes {args.num_classes}; "
@@ -205,8 +207,7 @@ def validate_args(args, spec: StreamSpec):
         if streaming_min < spec.points[-1]:
             check_class_range(labels, streaming_min, spec.points[-1], f"stream ({split})")
     keep_policy(args.keep_checkpoints)
-    if args.checkpoint_every_minutes < 0:
-        raise DataError(f"--checkpoint_every_minutes must be >= 0, got {args.checkpoint_every_minutes}")
+    check_every_minutes(args.checkpoint_every_minutes)
     if args.check_images:
         end = spec.points[-1]
         refuse_unreadable([path for split in ("train", "val")

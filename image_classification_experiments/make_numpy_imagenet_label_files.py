@@ -38,7 +38,8 @@ def read_class_order(path: str) -> list[str]:
     if not Path(path).is_file():
         raise DataError(f"class order file {path} not found; pass --class_order_text_file")
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        # utf-8-sig: an editor's byte-order mark would otherwise stick to the first class name
+        text = Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise DataError(f"class order file {path} is not text; list one class folder name per line") from None
     names = [line.strip() for line in text.splitlines() if line.strip()]

@@ -60,6 +60,11 @@ class StreamSpec:
         if class_increment <= 0:
             raise ValueError(f"--class_increment must be positive, got {class_increment}")
         first = base_init_classes if streaming_min_class is None else streaming_min_class
+        # a stream resumed past its end would be empty, yet the run wrote a state named for class ``first``
+        # (a base init past it is the label files' check: it names the classes they hold)
+        if streaming_min_class is not None and streaming_min_class > max_class:
+            raise ValueError(f"--streaming_min_class {first} is past the end of the stream (--streaming_max_class "
+                             f"{max_class}): the class range [{first}, {max_class}) is reversed; swap or fix them")
         # the points before ``first`` (a run resumed there has evaluated them) and from it on
         earlier = [c for c in range(base_init_classes, first, class_increment)]
         later = [min(c + class_increment, max_class) for c in range(first, max_class, class_increment)]

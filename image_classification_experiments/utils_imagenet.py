@@ -60,14 +60,39 @@ def label_file(label_dir: str, split: str, dataset_name: str = "imagenet") -> Pa
                     "create it with make_numpy_imagenet_label_files.py")
 
 
+def refuse_linked_back(folder: str) -> None:
+    """Raise a DataError naming the first folder symlink under ``folder`` that leads back into the tree being read.
+
+    ImageFolder follows folder symlinks (so class folders may live on another disk), but one that points back
+    into the tree, such as ``ln -s .. train/digit_8/loop``, makes it read the same images again and again,
+    thousands of times under the wrong class, without a word. Such links (cycles, and links to a folder read
+    anyway) are refused; links to folders outside the tree are followed, once each.
+    """
+    root = os.path.realpath(folder)
+    seen = {root}
+    for parent, dirnames, _ in os.walk(folder, followlinks=True):
+        for name in list(dirnames):
+            path = os.path.join(parent, name)
+            target = os.path.realpath(path)
+            inside = target == root or target.startswith(root + os.sep)
+            if (os.path.islink(path) and inside) or target in seen:
+                raise DataError(f"folder symlink {path} leads back to {target}, a folder of {folder} that is read "
+                                "anyway: its images would be read again (endlessly, for a link to a parent) under "
+                                "another class; remove the link")
+            seen.add(target)
+
+
 @functools.lru_cache(maxsize=8)
 def _scan_folder(folder: str) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
+    """The (path, ImageFolder target) pairs and class folder names of one split: the one reader of image trees,
+    shared by the label writer, the experiments and the base-init trainer."""
     path = Path(folder)
     if not path.is_dir():
         not_a_folder = next((p for p in (path, path.parent) if p.exists() and not p.is_dir()), None)
         problem = f"{not_a_folder} is a file, not a folder" if not_a_folder else f"image folder {folder} does not exist"
         raise DataError(f"{problem}; the dataset folder (--images_dir, --data) must hold train/ and val/ class "
                         "sub-folders")
+    refuse_linked_back(folder)
     try:
         folder_set = datasets.ImageFolder(folder)
     except (FileNotFoundError, RuntimeError) as exc:
@@ -158,13 +183,19 @@ RELABEL = " (then re-create the label files)"
 CHECK_IMAGES = "; --check_images finds all such files up front"
 
 
+# What PIL raises for a file it cannot use as an image: OSError (truncated, empty, not an image), ValueError,
+# and DecompressionBombError (more pixels than Image.MAX_IMAGE_PIXELS allows twice over: too large to be a real
+# photo, and decoding it could exhaust memory), which is not an OSError.
+PIL_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
+
+
 def read_image(path, hint: str = RELABEL + CHECK_IMAGES) -> Image.Image:
-    """The image at ``path`` as RGB, or a DataError naming the file (truncated, empty, not an image) that ends
-    in ``hint``."""
+    """The image at ``path`` as RGB, or a DataError naming the file (truncated, empty, not an image, too large)
+    that ends in ``hint``."""
     try:
         with Image.open(str(path)) as image:
             return image.convert("RGB")
-    except (OSError, ValueError) as exc:  # PIL's errors are OSErrors
+    except PIL_ERRORS as exc:
         raise DataError(f"image {path} cannot be read ({type(exc).__name__}: {exc}); replace or remove it{hint}") \
             from None
 
@@ -176,7 +207,7 @@ def unreadable(paths) -> list[str]:
         try:
             with Image.open(path) as image:
                 image.load()
-        except (OSError, ValueError):
+        except PIL_ERRORS:
             bad.append(str(path))
     return bad
 

@@ -12,6 +12,7 @@ tick or at :meth:`Autosave.checkpointed` (after a point's checkpoint).
 """
 from __future__ import annotations
 
+import math
 import signal
 import time
 from typing import Callable
@@ -29,6 +30,29 @@ class StopRequested(Exception):
         self.exit_code = 128 + signum
 
 
+def check_every_minutes(minutes: float) -> float:
+    """``--checkpoint_every_minutes`` or a ValueError: NaN compares false with everything, so it would turn the
+    timed saves off without a word, and inf is no interval (0 is the documented way to turn them off)."""
+    if not (math.isfinite(minutes) and minutes >= 0):
+        raise ValueError(f"--checkpoint_every_minutes must be a finite number >= 0 (0 turns timed saves off), "
+                         f"got {minutes}")
+    return minutes
+
+
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second signal while a stop was pending: the process stops where it is, without saving.
+
+    A KeyboardInterrupt (not an Exception), so that no ``except Exception`` on the way up swallows it; every
+    write is atomic, so the state on disk is the last complete one.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped at once by a second {signal.Signals(signum).name}; the run's last complete "
+                         "checkpoint on disk is kept: run the same command again to continue from it")
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
 class Autosave:
     """Timer and signal handling for mid-segment checkpoints.
 
@@ -39,9 +63,7 @@ class Autosave:
     """
 
     def __init__(self, every_minutes: float, clock: Callable[[], float] = time.monotonic):
-        if every_minutes < 0:
-            raise ValueError(f"--checkpoint_every_minutes must be >= 0, got {every_minutes}")
-        self.interval = every_minutes * 60.0
+        self.interval = check_every_minutes(every_minutes) * 60.0
         self.clock = clock
         self.last = clock()
         self.signum: int | None = None
@@ -50,7 +72,7 @@ class Autosave:
     # ------------------------------------------------------------- signals
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:  # the second one: stop now, without waiting for a safe point
-            raise KeyboardInterrupt(f"{signal.Signals(signum).name} while a stop was pending")
+            raise StoppedAtOnce(signum)
         self.signum = signum
         print(f"\n{signal.Signals(signum).name} received: saving the run's state at the next safe point "
               "(send it again to stop at once)", flush=True)

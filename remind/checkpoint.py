@@ -1,8 +1,10 @@
 """Checkpoint I/O: atomic writes, pickle-free loads, clear errors on damage."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -14,10 +16,31 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, corrupt or of the wrong kind."""
 
 
+# torch.save reports a write that failed (a full disk, a quota) as a RuntimeError of its zip writer, such as
+# "[enforce fail at inline_container.cc:...] . unexpected pos 123 vs 0", not as an OSError.
+TORCH_WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter failed writing")
+
+
+def _disk_full(exc: BaseException, path: Path, tmp: str) -> OSError | None:
+    """``exc`` as one OSError (errno ENOSPC) naming the folder and the bytes needed, if it says the disk is full."""
+    full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in TORCH_WRITE_FAILURES))
+    if not full:
+        return None
+    written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
+    free = shutil.disk_usage(path.parent).free
+    # no filename argument: run_main would append it in parentheses, and the folder is named here already
+    return OSError(errno.ENOSPC, f"no space left in {path.parent} while writing {path.name} (it needed more than "
+                                 f"the {written:,} bytes written before it failed; {free / 2**20:,.0f} MiB are "
+                                 f"free); the previous {path.name}, if any, is intact and a rerun continues from it")
+
+
 def atomic_write(path: str | os.PathLike, write, mode: str = "wb") -> None:
     """Call ``write(handle)`` on a temporary file in ``path``'s folder, fsync, then rename it over ``path``.
 
-    A crash mid-write leaves the previous file (if any) untouched. ``mode`` is ``"wb"`` or ``"w"``.
+    A crash mid-write leaves the previous file (if any) untouched. ``mode`` is ``"wb"`` or ``"w"``. A full disk
+    (or quota) is an OSError with errno ENOSPC naming the folder, whatever wrote (torch's writer says it in a
+    RuntimeError), so that every entry point's run_main prints it as one line.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,9 +54,12 @@ def atomic_write(path: str | os.PathLike, write, mode: str = "wb") -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        full = _disk_full(exc, path, tmp)
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if full is not None:
+            raise full from None
         raise
 
 
@@ -103,10 +129,11 @@ def save_run_state(path, state: dict, identity: dict, progress: dict) -> None:
     save_state(path, state, {"format": RUN_STATE_FORMAT, "identity": identity, **progress})
 
 
-def check_identity(saved: dict, current: dict, where, allow: bool = False) -> str | None:
+def check_identity(saved: dict, current: dict, where, allow: bool = False, allow_flag: bool = True) -> str | None:
     """Refuse to resume when a setting that changes what is computed differs; names every one.
 
     With ``allow`` the differences are returned instead (the caller records them), None when there are none.
+    ``allow_flag``: the entry point has ``--allow_changed_settings``, so the message may suggest it.
     """
     current = json.loads(json.dumps(current))  # tuples become lists, as in the saved JSON
     differing = {}
@@ -121,17 +148,18 @@ def check_identity(saved: dict, current: dict, where, allow: bool = False) -> st
         detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in sorted(differing.items()))
         if allow:
             return detail
+        suggestion = (" (--allow_changed_settings continues anyway and records the change)" if allow_flag else "")
         raise CheckpointError(f"{where} belongs to a run with other settings ({detail}); use the same settings, "
-                              "or another results folder (--allow_changed_settings continues anyway and records "
-                              "the change)")
+                              f"or another results folder{suggestion}")
     return None
 
 
 def load_run_state(path, identity: dict, what: str = "run checkpoint",
-                   allow_changes: bool = False) -> tuple[dict, dict]:
+                   allow_changes: bool = False, allow_flag: bool = True) -> tuple[dict, dict]:
     """Read :func:`save_run_state`'s file and check it is this run; returns (state, progress meta).
 
     With ``allow_changes`` a run with other settings loads too, and ``meta["settings_changed"]`` says how.
+    ``allow_flag``: whether the caller has ``--allow_changed_settings`` to suggest.
     """
     try:
         state, meta = load_state(path, what)
@@ -145,7 +173,10 @@ def load_run_state(path, identity: dict, what: str = "run checkpoint",
         raise CheckpointError(f"{what} {path} was written by an earlier version of this project "
                               f"(format {meta.get('format', 'v1')!r}, this one reads {RUN_STATE_FORMAT!r}) and "
                               "cannot be resumed; rerun into a new results folder")
-    changes = check_identity(meta["identity"], identity, path, allow_changes)
+    if not isinstance(meta.get("identity"), dict):  # written by hand or by another program: not resumable
+        raise CheckpointError(f"{what} {path} has no run identity in its metadata, so it cannot be checked against "
+                              "these settings; rerun into a new results folder")
+    changes = check_identity(meta["identity"], identity, path, allow_changes, allow_flag)
     if changes:
         meta["settings_changed"] = changes
     return state, meta

@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from remind.autosave import StopRequested
+from remind.autosave import StoppedAtOnce, StopRequested
 from remind.checkpoint import CheckpointError
 
 # Errors about the user's input (paths, flags, data files, checkpoints). Anything else is a bug and keeps
@@ -66,7 +66,7 @@ def run_main(body: Callable[[], int | None], extra_errors: tuple[type[BaseExcept
         if report:
             print(f"error: {exc.strerror or exc}{where}{hint}", file=sys.stderr)
         return 2
-    except StopRequested as stop:  # SIGINT / SIGTERM: the state was saved at a safe point
+    except (StopRequested, StoppedAtOnce) as stop:  # SIGINT / SIGTERM: saved at a safe point, or a second one
         print(str(stop), file=sys.stderr, flush=True)
         return stop.exit_code
     return 0 if code is None else int(code)

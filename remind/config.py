@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 
 
@@ -84,6 +85,26 @@ class REMINDConfig:
             raise ValueError(f"--lr_step_size must be at least 1, got {self.lr_step_size}")
         if self.use_mixup and not (math.isfinite(self.mixup_alpha) and self.mixup_alpha > 0):
             raise ValueError(f"--mixup_alpha must be positive and finite with --use_mixup, got {self.mixup_alpha}")
+        check_num_classes_fit(self.num_classes)
+
+
+# The narrowest last layer of F among the supported networks (ResNet-18's 512 inputs): a lower bound.
+MIN_CLASSIFIER_INPUTS = 512
+
+
+def check_num_classes_fit(num_classes: int) -> None:
+    """Refuse a ``--num_classes`` whose last layer alone (weights, gradient and momentum, float32, at least
+    512 inputs a row) exceeds this machine's memory: building it would allocate for minutes until the kernel
+    kills the process, without a message."""
+    need = 3 * 4 * MIN_CLASSIFIER_INPUTS * max(num_classes, 0)
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system: nothing to compare with
+        return
+    if need > have:
+        raise ValueError(f"--num_classes {num_classes} needs at least {need / 2**30:,.0f} GiB for F's last layer "
+                         f"alone ({MIN_CLASSIFIER_INPUTS} x {num_classes} float32 weights, their gradient and "
+                         f"momentum), more than this machine's {have / 2**30:,.0f} GiB of memory; check --num_classes")
 
 
 # Config field -> command-line flag (argparse dest), read off the dataclass: the original scripts' names.

@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from remind.checkpoint import atomic_write  # noqa: E402
+
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """A Markdown table of string cells: the header, its rule, one line per row."""
@@ -45,10 +47,10 @@ def plot_accuracies(runs: dict[str, dict], classes: list[int], path: str | Path,
         axis.grid(alpha=0.3)
         axis.legend()
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:  # through the one atomic writer: a full disk is one line and the previous plot stays
+        atomic_write(path, lambda handle: fig.savefig(handle, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def git_commit() -> str:

@@ -9,7 +9,9 @@ scripts in a subprocess) and checks the outcome its kind promises:
 - ``late``: the run starts and then meets the bad input: exit 2, no traceback, the last stderr line is the
   ``error:`` line (progress bars may come before it);
 - ``argparse``: a flag argparse itself refuses (exit 2, its ``error:`` line after the usage);
-- ``rerun``: a rerun over finished work: exit 0, nothing rewritten, the expected note on stdout.
+- ``rerun``: a rerun over finished work: exit 0, nothing rewritten, the expected note on stdout;
+- ``ok``: an input that looks wrong but is valid (a byte-order mark): exit 0, the expected note on stdout;
+- ``stopped``: a signal (sent by the case's patch): exit 128 + its number, no traceback, the note last on stderr.
 
 ``docs/hostile_inputs.md`` is this table with the outcome of each case; regenerate it with
 ``HOSTILE_INPUTS_TABLE=docs/hostile_inputs.md python -m pytest tests/test_hostile_inputs.py``.
@@ -126,7 +128,7 @@ class Context:
         self._request, self.tmp = request, tmp
 
     def __getattr__(self, name: str):
-        if name in ("images", "vqa", "finished"):
+        if name in ("images", "vqa", "finished", "capfd"):
             return self._request.getfixturevalue(name)
         raise AttributeError(name)
 
@@ -320,14 +322,16 @@ class Case:
     fixed: str = ""           # the code change that made this case pass, if it failed before issue 12's work
     xfail: str = ""
     protect: tuple = field(default=())
+    patch: Callable | None = None   # (monkeypatch, Context) -> None: the situation (a full disk) before the call
+    after: Callable | None = None   # (Context, argv) -> None: checks after the call (the rerun continues)
 
 
 CASES: list[Case] = []
 
 
 def add(entry: str, what: str, expect: str, build: Callable, kind: str = "error", fixed: str = "",
-        xfail: str = "") -> None:
-    CASES.append(Case(entry, what, build, expect, kind, fixed, xfail))
+        xfail: str = "", patch: Callable | None = None, after: Callable | None = None) -> None:
+    CASES.append(Case(entry, what, build, expect, kind, fixed, xfail, patch=patch, after=after))
 
 
 # ------------------------------------------------------------------ imagenet_experiment
@@ -947,6 +951,204 @@ add("run_clevr_experiment.sh", "PREPARE=1 without WEIGHTS", "needs WEIGHTS",
     lambda c: ({"PREPARE": "1", "DATA_PATH": str(c.tmp / "work")}, [c.tmp / "work"]))
 
 
+# ------------------------------------------------------------------ issue 20: symlink loops, huge images, BOMs
+def linked_back(c, split: str = "train") -> Path:
+    """A digits copy with ``ln -s .. <split>/digit_8/loop``: a folder symlink back to the split folder."""
+    data = digits_copy(c.images, c.tmp)
+    os.symlink("..", data / split / "digit_8" / "loop")
+    _scan_folder.cache_clear()
+    return data
+
+
+def bomb_png(width: int = 16000, height: int = 16000) -> bytes:
+    """A PNG header declaring ``width`` x ``height`` pixels (over PIL's decompression-bomb limit), a few bytes."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
+        chunk(b"IEND", b"")
+
+
+def with_bomb(c, split: str, below: int) -> Path:
+    data = digits_copy(c.images, c.tmp)
+    break_image(data, split, below, bomb_png())
+    return data
+
+
+LOOPS = "a folder symlink back into the tree: refused, naming the link"
+BOMBS = "images over PIL's decompression-bomb limit: one line naming the file"
+add(ML, "a folder symlink back to the split folder (ln -s .. train/digit_8/loop)", "digit_8/loop leads back to",
+    fixed=LOOPS, build=lambda c: ml_argv(c, data=linked_back(c)))
+add(IE, "a folder symlink back to the split folder (ln -s .. val/digit_8/loop)", "digit_8/loop leads back to",
+    fixed=LOOPS, build=lambda c: (lambda d: ie_argv(c.images, c.tmp / "run", images_dir=d, label_dir=d))(
+        linked_back(c, "val")))
+add(BI, "a folder symlink back to the split folder (ln -s .. train/digit_8/loop)", "digit_8/loop leads back to",
+    fixed=LOOPS, build=lambda c: base_init_argv(c.images, c.tmp / "ckpts", data=linked_back(c)))
+add(IE, "--check_images with a 16000 x 16000 PNG", "1 images cannot be read", fixed=BOMBS,
+    build=lambda c: (lambda d: ie_argv(c.images, c.tmp / "run", "--check_images", images_dir=d, label_dir=d))(
+        with_bomb(c, "train", 4)))
+add(IE, "a 16000 x 16000 PNG met during the run", "DecompressionBombError", kind="late", fixed=BOMBS,
+    build=lambda c: (lambda d: ie_argv(c.images, c.tmp / "run", images_dir=d, label_dir=d))(with_bomb(c, "train", 4)))
+add(BI, "--check_images with a 16000 x 16000 PNG", "1 images cannot be read", fixed=BOMBS,
+    build=lambda c: base_init_argv(c.images, c.tmp / "ckpts", "--check_images", data=with_bomb(c, "val", 4)))
+add(CE, "a 16000 x 16000 PNG frame met during the run", "DecompressionBombError", kind="late", fixed=BOMBS,
+    build=lambda c: (lambda data: (write(data / "s4/o2/C_04_02_001.png", bomb_png()),
+                                   core50_argv(c.images, c.tmp / "run", "--base_init_fraction", "1.0",
+                                               data_dir=data))[1])(core50_copy(c.images, c.tmp)))
+add(EX, "a 16000 x 16000 PNG image", "DecompressionBombError", fixed=BOMBS,
+    build=lambda c: (lambda raw: (write(sorted((raw / "images/train").glob("*.png"))[3], bomb_png()),
+                                  ex_argv(c, path=raw))[1])(
+        Path(shutil.copytree(c.vqa.clevr / "images", c.tmp / "clevr/images")).parent))
+add(ML, "a class-order file that starts with a UTF-8 byte-order mark", "10 classes)", kind="ok",
+    fixed="class order files read as utf-8-sig (the first class was reported missing)",
+    build=lambda c: ml_argv(c, order=write(c.tmp / "order.txt", b"\xef\xbb\xbf" + (
+        c.images.digits / "class_order.txt").read_bytes()))[0] )
+
+
+# ------------------------------------------------------------------ issue 20: a disk that fills up mid-run
+def full_disk_at(name: str):
+    """A patch making torch.save fail as on a full disk (torch's own RuntimeError) when it writes ``name``."""
+    def patch(monkeypatch, c) -> None:
+        real = torch.save
+
+        def save(obj, f, *args, **kwargs):
+            target = os.readlink(f"/proc/self/fd/{f.fileno()}") if hasattr(f, "fileno") else str(f)
+            if Path(target).name.startswith(f".{name}."):
+                f.write(b"PK" * 512)  # torch's zip writer writes through, then finds the disk full
+                f.flush()
+                raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1024 vs 960")
+            return real(obj, f, *args, **kwargs)
+        monkeypatch.setattr(torch, "save", save)
+    return patch
+
+
+def rerun_continues(entry: str, kept: str, note: str):
+    """After the full disk: ``kept`` is still a complete state, no temporary is left, and a rerun continues."""
+    def after(c, argv) -> None:
+        folder = Path(argv[argv.index("--save_dir") + 1])
+        torch.load(folder / kept, weights_only=True)
+        assert not list(folder.rglob(".*.tmp")), list(folder.rglob(".*.tmp"))
+        assert ENTRIES[entry](argv) == 0
+        assert note in c.capfd.readouterr().out
+    return after
+
+
+DISK = "the atomic writer turns torch's 'unexpected pos' into one ENOSPC line naming the folder"
+add(IE, "the disk fills up while remind_buffer_6.pth is written", "remind_model while writing "
+    "remind_buffer_6.pth", kind="late", fixed=DISK, patch=full_disk_at("remind_buffer_6.pth"),
+    after=rerun_continues(IE, "remind_model/remind_buffer_4.pth", "resuming from"),
+    build=lambda c: ie_argv(c.images, c.tmp / "run"))
+add(BI, "the disk fills up while the checkpoint is written", "ckpts while writing net.pth",
+    kind="late", fixed=DISK, patch=full_disk_at("net.pth"),
+    build=lambda c: base_init_argv(c.images, c.tmp / "ckpts"))
+
+
+# ------------------------------------------------------------------ issue 20: a scheduler that signals twice
+def signals_twice(signum: int):
+    """A patch sending ``signum`` twice at the stream's first safe point: the second arrives while a stop is
+    pending and must stop the run at once."""
+    def patch(monkeypatch, c) -> None:
+        import signal
+
+        from remind.autosave import Autosave
+        real = Autosave.tick
+
+        def tick(self, save):
+            if not self.stop_pending:
+                os.kill(os.getpid(), signum)
+                os.kill(os.getpid(), signum)
+            return real(self, save)
+        monkeypatch.setattr(Autosave, "tick", tick)
+        assert signum in (signal.SIGINT, signal.SIGTERM)
+    return patch
+
+
+TWICE = "a second signal raises StoppedAtOnce, which run_main prints as one line (it was a traceback)"
+add(IE, "SIGINT twice while a stop is pending", "stopped at once by a second SIGINT", kind="stopped", fixed=TWICE,
+    patch=signals_twice(2), after=rerun_continues(IE, "remind_model/remind_buffer_4.pth", "resuming from"),
+    build=lambda c: ie_argv(c.images, c.tmp / "run"))
+add(IE, "SIGTERM twice while a stop is pending", "stopped at once by a second SIGTERM", kind="stopped", fixed=TWICE,
+    patch=signals_twice(15), build=lambda c: ie_argv(c.images, c.tmp / "run"))
+
+
+# ------------------------------------------------------------------ issue 20: flag values and question fields
+def clevr_with(c, position: int, **fields):
+    """A copy of the synthetic CLEVR questions with question ``position``'s ``fields`` replaced."""
+    raw = Path(shutil.copytree(c.vqa.clevr / "questions", c.tmp / "clevr/questions")).parent
+    file = raw / "questions/CLEVR_train_questions.json"
+    data = json.loads(file.read_text())
+    data["questions"][position].update(fields)
+    file.write_text(json.dumps(data))
+    return ["--path", str(raw), "--out", str(c.tmp / "work")], [c.tmp / "work", raw]
+
+
+def tdiuc_answer(c, position: int, answer):
+    """A copy of the synthetic TDIUC files with annotation ``position``'s first answer replaced."""
+    raw = Path(shutil.copytree(c.vqa.tdiuc, c.tmp / "tdiuc", ignore=shutil.ignore_patterns("Images")))
+    file = raw / "Annotations/mscoco_train2014_annotations.json"
+    data = json.loads(file.read_text())
+    data["annotations"][position]["answers"][0]["answer"] = answer
+    file.write_text(json.dumps(data))
+    return ["--path", str(raw), "--out", str(c.tmp / "work")], [c.tmp / "work", raw]
+
+
+def other_run_checkpoint(c) -> list[str]:
+    """An --output_dir whose checkpoint.pt is of a run with another seed (a finished 1-epoch run)."""
+    out = c.tmp / "out"
+    assert vqa_trainer.main(trainer_argv(c.vqa, out, "--seed", "1")) == 0
+    return trainer_argv(c.vqa, out)
+
+
+def omega_into_run(c):
+    """compute_omega with --out the learner's own results folder, which holds its accuracy_curves.png."""
+    run = omega_run(c.tmp / "remind", [80, 60, 50])
+    write(run / "accuracy_curves.png", b"the run's own plot")
+    return omega_argv(c.tmp, learner=run)[:-1] + [str(run)], [run]
+
+
+FLAGS20 = "flag values checked before work (issue 20)"
+FIELDS = "each question's fields checked, the first bad one named by its index"
+add(IE, "--checkpoint_every_minutes nan", "finite number >= 0", fixed=FLAGS20,
+    build=lambda c: with_flag(ie_argv(c.images, c.tmp / "run"), "--checkpoint_every_minutes", "nan"))
+add(IE, "--checkpoint_every_minutes inf", "finite number >= 0", fixed=FLAGS20,
+    build=lambda c: with_flag(ie_argv(c.images, c.tmp / "run"), "--checkpoint_every_minutes", "inf"))
+add(CE, "--checkpoint_every_minutes nan", "finite number >= 0", fixed=FLAGS20,
+    build=lambda c: with_flag(core50_argv(c.images, c.tmp / "run"), "--checkpoint_every_minutes", "nan"))
+add(VT, "--checkpoint_every_minutes nan", "finite number >= 0", fixed=FLAGS20,
+    build=lambda c: trainer_argv(c.vqa, c.tmp / "out", "--checkpoint_every_minutes", "nan"))
+add(IE, "--streaming_min_class 9 --streaming_max_class 7 (a reversed range)", "is reversed", fixed=FLAGS20,
+    build=lambda c: ie_argv(c.images, c.tmp / "run", "--streaming_min_class", "9", "--streaming_max_class", "7"))
+add(IE, "--num_classes 1000000000000", "for F's last layer alone", fixed=FLAGS20,
+    build=lambda c: with_flag(ie_argv(c.images, c.tmp / "run"), "--num_classes", "1000000000000"))
+add(VT, "--set lr=1e400 (inf)", "not a finite number", fixed=FLAGS20,
+    build=lambda c: trainer_argv(c.vqa, c.tmp / "out", "--set", "lr=1e400"))
+add(VT, "--glove text file with a 'nan' value", "not finite", fixed=FLAGS20,
+    build=lambda c: trainer_argv(c.vqa, c.tmp / "out", "--glove", str(write(c.tmp / "glove.txt", "".join(
+        f"{w} " + " ".join(["nan"] * 16) + "\n" for w in ("is", "there", "a", "the", "what")) ))))
+add(VT, "--glove of another dimension than emb_dim", "glove.txt have shape", fixed=FLAGS20,
+    build=lambda c: trainer_argv(c.vqa, c.tmp / "out", "--glove", str(write(c.tmp / "glove.txt", "".join(
+        f"{w} " + " ".join(["0.1"] * 8) + "\n" for w in ("is", "there", "a", "the", "what")) ))))
+add(VT, "an --output_dir of a run with another --seed", "seed: saved 1, now 0", fixed=FLAGS20 + (
+    ": the VQA trainer no longer suggests --allow_changed_settings, which it does not have"),
+    build=lambda c: (lambda a: (a, [c.tmp / "out"]))(other_run_checkpoint(c)))
+add(PC, "an answer that is null", "question 2 has answer None", fixed=FIELDS,
+    build=lambda c: clevr_with(c, 2, answer=None))
+add(PC, "an image_index of 1.7", "question 1 has image_index 1.7", fixed=FIELDS,
+    build=lambda c: clevr_with(c, 1, image_index=1.7))
+add(PC, "a question_index that is a string", "question 0 has question_index '0'", fixed=FIELDS,
+    build=lambda c: clevr_with(c, 0, question_index="0"))
+add(PT, "an answer that is null", "annotation 1 has answer None", fixed=FIELDS,
+    build=lambda c: tdiuc_answer(c, 1, None))
+
+# ------------------------------------------------------------------ issue 20: report writers
+add(CO, "--out that is one of the runs (its accuracy_curves.png)", "holds a run's results",
+    fixed="compute_omega refuses an --out holding a run's results (it overwrote the run's plot)",
+    build=lambda c: omega_into_run(c))
+
+
 # ------------------------------------------------------------------------------------------- the test
 def snapshot(paths) -> dict:
     """Bytes and modification time of every file under ``paths``; ``absent`` for paths that do not exist."""
@@ -981,13 +1183,16 @@ def run_shell(script: str, env: dict, tmp: Path) -> tuple[int, str, str]:
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=case_id(c), marks=[pytest.mark.xfail(strict=True, reason=c.xfail)]
                                                if c.xfail else []) for c in CASES])
-def test_hostile_input(case: Case, request, tmp_path, capfd):
-    built = case.build(Context(request, tmp_path))
+def test_hostile_input(case: Case, request, tmp_path, capfd, monkeypatch):
+    context = Context(request, tmp_path)
+    built = case.build(context)
     args, protected = built if isinstance(built, tuple) else (built, [])
     if case.entry not in SHELL and case.kind in ("error", "argparse"):
         protected = [*protected, *(Path(a) for a, flag in zip(args[1:], args) if flag in (
             "--save_dir", "--output_dir", "--out", "--labels_dir"))]
     before = snapshot(protected)
+    if case.patch is not None:
+        case.patch(monkeypatch, context)
     capfd.readouterr()
     if case.entry in SHELL:
         rc, out, err = run_shell(case.entry, args, tmp_path)
@@ -1001,7 +1206,7 @@ def test_hostile_input(case: Case, request, tmp_path, capfd):
             rc = exc.code
         out, err = capfd.readouterr()
         lines = err.strip().splitlines()
-        if case.kind == "rerun":
+        if case.kind in ("rerun", "ok"):
             assert rc == 0 and case.expect in out, (rc, out, err)
             line = "exit 0; " + case.expect
         elif case.kind == "argparse":
@@ -1010,11 +1215,17 @@ def test_hostile_input(case: Case, request, tmp_path, capfd):
         elif case.kind == "late":
             assert rc == 2 and "Traceback" not in err and lines and lines[-1].startswith("error:"), (rc, err)
             line = lines[-1]
+        elif case.kind == "stopped":
+            assert rc > 128 and "Traceback" not in err and lines and "stopped" in lines[-1], (rc, err)
+            line = f"exit {rc}; " + lines[-1][lines[-1].index("stopped"):]  # after a progress bar's last state
         else:
             assert rc == 2 and len(lines) == 1 and lines[0].startswith("error:"), (rc, err)
             line = lines[0]
     assert case.expect in line, line
     assert snapshot(protected) == before
+    if case.after is not None:
+        monkeypatch.undo()
+        case.after(context, args)
     RECORDED[case_id(case)] = (case, line.replace(str(tmp_path), "<tmp>").replace(str(tmp_path.parent),
                                                                                   "<session tmp>"))
 

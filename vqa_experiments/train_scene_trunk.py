@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torchvision
-from PIL import Image
 
+from image_classification_experiments.utils_imagenet import read_image
 from remind.checkpoint import atomic_torch_save
 from remind.cli import check_device, default_device, run_main
 from remind.split import cut_network
@@ -112,8 +112,7 @@ def load_scenes(folder: Path) -> tuple[list[Path], list[dict], int]:
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise VQADataError(f"{len(missing)} image(s) of {file} are missing (e.g. {missing[0]})")
-    with Image.open(paths[0]) as first:
-        return paths, scenes, first.width
+    return paths, scenes, read_image(paths[0], hint="").width  # one line, naming the file, if it cannot be read
 
 
 def load_images(paths: list[Path], image_size: int) -> torch.Tensor:

@@ -81,10 +81,25 @@ def read_json(path: str | os.PathLike, what: str) -> dict:
     if not path.is_file():
         raise VQADataError(f"{what} not found: {path}")
     try:
-        with open(path) as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # -sig: a byte-order mark is not JSON's
             return json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise VQADataError(f"{what} {path} is not valid JSON ({exc}); re-create it") from None
+
+
+def check_fields(entry, fields: dict[str, type], file, position: int, what: str = "question") -> None:
+    """Raise a VQADataError naming ``what`` number ``position`` of ``file`` if ``entry`` holds another type in
+    one of ``fields`` (a KeyError if it lacks one): str() and int() would turn a null answer into the answer
+    "None" and an image_index of 1.7 into image 1, without a word."""
+    if not isinstance(entry, dict):
+        raise VQADataError(f"{file}: {what} {position} is a {type(entry).__name__}, not an object")
+    for name, kind in fields.items():
+        if name not in entry:  # a file of another kind (CLEVR's test split): the caller says which
+            raise KeyError(name)
+        value = entry[name]
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            raise VQADataError(f"{file}: {what} {position} has {name} {value!r}; it must be "
+                               f"{ {int: 'a non-negative integer', str: 'a string'}.get(kind, 'a ' + kind.__name__)}")
 
 
 # ----------------------------------------------------------------- dictionary

@@ -69,6 +69,9 @@ def load_word_vectors(path: str | Path, dictionary: Dictionary) -> tuple[np.ndar
         weights = np.random.default_rng(0).normal(0, 0.1, (dictionary.ntoken, dim)).astype(np.float32)
         for word, vector in found.items():
             weights[dictionary.word2idx[word]] = vector  # rows of another length: ValueError
+        if not np.isfinite(weights).all():  # "nan" and "inf" parse as floats: the embedding would train on NaN
+            raise VQADataError(f"word vector file {path} holds values that are not finite; it must hold finite "
+                               "floats (re-download GloVe's text file)")
         return weights, len(found)
     except VQADataError:
         raise

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from remind import budget, reporting
-from remind.autosave import Autosave
+from remind.autosave import Autosave, check_every_minutes
 from remind.buffer import ReplayBuffer, SharedCodes, entry_bytes
 from remind.checkpoint import (
     atomic_write_text,
@@ -275,7 +275,7 @@ def save_checkpoint(path: Path, model: VQAModel, learner: StreamingLearner | Non
 
 
 def load_checkpoint(path: Path, identity: dict) -> tuple[dict, dict]:
-    return load_run_state(path, identity, "VQA checkpoint")
+    return load_run_state(path, identity, "VQA checkpoint", allow_flag=False)
 
 
 # -------------------------------------------------------------------- outputs
@@ -480,8 +480,12 @@ def prepare(args):
                  "num_hidden", "num_attn_hops", "attention_hidden", "mac_dim", "mac_max_step"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(config, name)} (--set {name}=...)")
-    if config.replays_per_step < 0 or not (config.lr > 0 and math.isfinite(config.lr)):
-        raise ValueError("replays_per_step must be >= 0 and lr > 0 (--set / --lr)")
+    if config.replays_per_step < 0:
+        raise ValueError(f"replays_per_step must be >= 0 (--set num_rehearsal_samples=...), got "
+                         f"{config.replays_per_step}")
+    if not (config.lr > 0 and math.isfinite(config.lr)):  # 1e400 parses as inf; NaN fails every comparison
+        problem = "not a finite number" if not math.isfinite(config.lr) else "not positive"
+        raise ValueError(f"lr must be finite and lr > 0 (--set lr=... / --lr); got {config.lr}, {problem}")
     for name, choices in (("dataset", FEATURE_NAMES), ("model", ("smac", "updown")), ("optimizer", ("adamax",))):
         if getattr(config, name) not in choices:
             raise ValueError(f"--set {name}={getattr(config, name)}: {name} must be one of {', '.join(choices)}")
@@ -499,15 +503,14 @@ def prepare(args):
     check_device(args.device)
     if args.seed < 0:  # numpy's generators take no negative seed
         raise ValueError(f"--seed must be non-negative, got {args.seed}")
-    if args.checkpoint_every_minutes < 0:
-        raise ValueError(f"--checkpoint_every_minutes must be >= 0, got {args.checkpoint_every_minutes}")
+    check_every_minutes(args.checkpoint_every_minutes)
     data = VQAData(args, config)
     config = dataclasses.replace(config, num_classes=data.num_classes)
     glove = None
     if args.glove is not None:
         glove, found = load_word_vectors(args.glove, data.dictionary)
         if glove.shape != (data.dictionary.ntoken, config.emb_dim):  # refuse here, before the output folder
-            raise VQADataError(f"word vectors have shape {glove.shape}, the model needs ({data.dictionary.ntoken}, "
+            raise VQADataError(f"word vectors of {args.glove} have shape {glove.shape}, the model needs ({data.dictionary.ntoken}, "
                                f"{config.emb_dim}); set the embedding size with --set emb_dim={glove.shape[-1]}")
         print(f"word vectors: {found} of {data.dictionary.ntoken} question words found in {args.glove}"
               + (" (frozen)" if config.freeze_embedding else ""))

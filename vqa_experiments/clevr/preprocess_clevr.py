@@ -13,8 +13,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vqa_experiments.vqa_data import CLEVR_FUNCTION_TO_TYPE, QuestionRecord, VQADataError, preprocess_main, \
-    read_json
+from vqa_experiments.vqa_data import CLEVR_FUNCTION_TO_TYPE, QuestionRecord, VQADataError, check_fields, \
+    preprocess_main, read_json
+
+# The fields each CLEVR question must hold, and their JSON types (the test split has no answer: refused)
+CLEVR_FIELDS = {"question_index": int, "image_index": int, "question": str, "answer": str, "program": list}
 
 
 def clevr_image_id(split: str, image_index: int) -> int:
@@ -27,7 +30,8 @@ def read_split(path: Path, split: str) -> list[QuestionRecord]:
     data = read_json(file, f"CLEVR {split} questions")
     records = []
     try:
-        for entry in data["questions"]:
+        for position, entry in enumerate(data["questions"]):
+            check_fields(entry, CLEVR_FIELDS, file, position)
             function = entry["program"][-1]["function"]
             if function not in CLEVR_FUNCTION_TO_TYPE:
                 raise VQADataError(f"{file}: question {entry['question_index']} ends in unknown function {function!r}")

@@ -12,7 +12,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vqa_experiments.vqa_data import QuestionRecord, VQADataError, preprocess_main, read_json
+from vqa_experiments.vqa_data import QuestionRecord, VQADataError, check_fields, preprocess_main, read_json
+
+
+def check_annotation(ann, afile: Path, position: int) -> None:
+    """An annotation's ids, type and every answer of the right JSON type (a null answer would become "None")."""
+    check_fields(ann, {"question_id": int, "image_id": int, "question_type": str, "answers": list}, afile, position,
+                 "annotation")
+    for answer in ann["answers"]:
+        check_fields(answer, {"answer": str}, afile, position, "annotation")
 
 
 def read_split(path: Path, split: str) -> list[QuestionRecord]:
@@ -21,9 +29,12 @@ def read_split(path: Path, split: str) -> list[QuestionRecord]:
     questions = read_json(qfile, f"TDIUC {split} questions")
     annotations = read_json(afile, f"TDIUC {split} annotations")
     try:
+        for position, question in enumerate(questions["questions"]):
+            check_fields(question, {"question_id": int, "question": str}, qfile, position)
         text = {int(q["question_id"]): q["question"] for q in questions["questions"]}
         records = []
-        for ann in annotations["annotations"]:
+        for position, ann in enumerate(annotations["annotations"]):
+            check_annotation(ann, afile, position)
             qid = int(ann["question_id"])
             if qid not in text:
                 raise VQADataError(f"{afile}: question {qid} is not in {qfile}; the two files are from different "
