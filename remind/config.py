@@ -88,13 +88,14 @@ class REMINDConfig:
         check_num_classes_fit(self.num_classes)
 
 
-# The narrowest last layer of F among the supported networks (ResNet-18's 512 inputs): a lower bound.
+# Inputs per row of F's last layer assumed for the memory check (ResNet-18's 512; a few torchvision networks
+# have narrower ones, down to 400, which matters only within a few percent of the machine's memory).
 MIN_CLASSIFIER_INPUTS = 512
 
 
 def check_num_classes_fit(num_classes: int) -> None:
-    """Refuse a ``--num_classes`` whose last layer alone (weights, gradient and momentum, float32, at least
-    512 inputs a row) exceeds this machine's memory: building it would allocate for minutes until the kernel
+    """Refuse a ``--num_classes`` whose last layer alone (weights, gradient and momentum, float32, 512 inputs
+    a row) exceeds this machine's memory: building it would allocate for minutes until the kernel
     kills the process, without a message."""
     need = 3 * 4 * MIN_CLASSIFIER_INPUTS * max(num_classes, 0)
     try:
