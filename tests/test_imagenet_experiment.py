@@ -191,7 +191,8 @@ def test_full_run_writes_every_evaluation(full_run, digits):
 
 def test_checkpoints_are_weights_only_and_complete(full_run, digits):
     f_state = load_f(full_run, 10)
-    assert set(f_state) == {"model_state_dict", "optimizer_state_dict"}
+    assert set(f_state) == {"model_state_dict", "optimizer_state_dict", "arch", "split_at"}
+    assert (f_state["arch"], f_state["split_at"]) == (ARCH, "model.layer4.0")
     assert all(k.startswith(("model.layer4.1.", "model.fc.")) for k in f_state["model_state_dict"])
     tensors, meta = load_state(full_run / "remind_model" / "remind_buffer_10.pth")
     n_train = len(train_labels(digits))
