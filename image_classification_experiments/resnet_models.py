@@ -123,7 +123,7 @@ def resolve_network(arch: str | None = None, split_at: str | None = None, base_a
     if split_at is None:
         if arch not in FULL_NETWORKS:
             raise ValueError(f"--arch {arch} needs --split_at LAYER (the last layer of the frozen trunk G); "
-                             f"python -m remind.split {arch} lists the layers it can be split at")
+                             f"python -m remind.list_layers {arch} lists the layers it can be split at")
         split_at = PAPER_SPLIT
     return arch, split_at
 
@@ -199,7 +199,7 @@ def add_network_flags(group) -> None:
                             f"original's {', '.join(FULL_NETWORKS)} (default: {PAPER_ARCH}, the paper's)")
     group.add_argument("--split_at", type=str, default=None,
                        help="last layer of the frozen trunk G; F is every layer after it (ResNets: layer4.0, the "
-                            "paper's; MobileNetV3-Large: features.7, SIESTA's); python -m remind.split ARCH lists "
+                            "paper's; MobileNetV3-Large: features.7, SIESTA's); python -m remind.list_layers ARCH lists "
                             f"them (default for the original's networks: {PAPER_SPLIT})")
     group.add_argument("--weights", type=str, default=None,
                        help="torchvision weights file of --arch you already have (nothing is downloaded); its "

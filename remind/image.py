@@ -241,6 +241,10 @@ class REMIND:
 
     def _loss(self, inputs, labels_a, labels_b, lam: float) -> torch.Tensor:
         output = self.classifier_F(inputs)
+        if not torch.is_tensor(output):
+            raise TypeError(f"F returns a {type(output).__name__} in train mode, not a tensor of logits (auxiliary "
+                            "classifiers, as GoogLeNet's and Inception's?); build the network without them "
+                            "(aux_logits=False) or wrap F to return the logits")
         loss = self.criterion(output, labels_a)
         if lam != 1.0:
             loss = lam * loss + (1.0 - lam) * self.criterion(output, labels_b)
@@ -407,8 +411,14 @@ class REMIND:
     def load_state_dict(self, state: dict, restore_global_rng: bool = False) -> None:
         """Restore :meth:`state_dict`'s output. ``restore_global_rng`` also sets torch's global generators
         to the saved ones (what a resumed script wants, for dropout; never an embedded learner)."""
-        centroids = state["learner"]["codec"]["centroids"]
-        self.start_from(PQCodec(centroids, device=self.device), tuple(int(s) for s in state["code_shape"]))
+        centroids = state["learner"]["codec"]["centroids"]  # (M, K, C / M)
+        code_shape = tuple(int(s) for s in state["code_shape"])
+        saved = (int(centroids.shape[0]), int(centroids.shape[1]))
+        if saved != (self.config.num_codebooks, self.config.codebook_size):
+            raise ValueError(f"the state holds {saved[0]} codebooks of {saved[1]} centroids, this learner's config "
+                             f"{self.config.num_codebooks} of {self.config.codebook_size}; build it with the "
+                             "config the state was saved with")
+        self.start_from(PQCodec(centroids, device=self.device), code_shape)
         self.learner.load_state_dict(state["learner"], restore_global_rng=restore_global_rng)
         self.class_steps = state["class_steps"].numpy().astype(np.int64).copy()
         self._next_id = int(state.get("next_id", 0))

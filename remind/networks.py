@@ -91,10 +91,15 @@ def copy_matching_state(target: nn.Module, state: dict[str, torch.Tensor], sourc
     missing = [k for k in own if k not in state]
     mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
                   for k, v in own.items() if k in state and state[k].shape != v.shape and k not in fresh]
-    if missing or mismatched:
+    # tensors the network has no place for: a deeper network of the same family (ResNet-34 weights for a
+    # ResNet-18 have all of its names and shapes, and more), whose first blocks would load without a word
+    unexpected = [k for k in state if k not in own and torch.is_tensor(state[k])]
+    if missing or mismatched or unexpected:
         detail = []
         if missing:
             detail.append(f"{len(missing)} missing tensors (e.g. {missing[0]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} tensors it has no place for (e.g. {unexpected[0]})")
         if mismatched:
             detail.append(f"{len(mismatched)} shape mismatches (e.g. {mismatched[0]})")
         raise CheckpointError(f"checkpoint {source} does not fit architecture {arch}: {'; '.join(detail)}; "

@@ -200,6 +200,9 @@ def _node_shapes(network: nn.Module, trace: _Trace, image_size: int) -> dict[fx.
     try:
         with torch.no_grad():
             Recorder(module).run(torch.zeros(1, 3, image_size, image_size, device=device))
+    except (RuntimeError, ValueError) as exc:  # e.g. a kernel larger than the maps a small image leaves
+        raise SplitError(f"{type(network).__name__} cannot run on {image_size} px images "
+                         f"({str(exc).splitlines()[0][:160]}); use a larger --image_size") from None
     finally:
         network.train(was_training)
     return shapes
@@ -207,7 +210,8 @@ def _node_shapes(network: nn.Module, trace: _Trace, image_size: int) -> dict[fx.
 
 def _refuse(network: nn.Module, split_at: str, why: str, image_size: int) -> SplitError:
     points = split_points(network, image_size)
-    listed = ", ".join(points) if points else "none"
+    listed = ", ".join(points) if points else \
+        "none (no layer gives a (N, C, H, W) map that the rest of the network reads alone)"
     return SplitError(f"cannot split {type(network).__name__} at {split_at!r}: {why}; layers it can be split at: "
                       f"{listed}")
 
@@ -233,7 +237,7 @@ def cut_network(network: nn.Module, split_at: str, image_size: int = 224) -> tup
         crossing = trace.crossing(split)
         if crossing is not None:
             what = "the input image" if crossing.op == "placeholder" else \
-                f"{trace.qualname.get(crossing, crossing.name)!r} (a connection skips over the cut)"
+                f"{trace.qualname.get(crossing) or crossing.name!r} (a connection skips over the cut)"
             raise _refuse(network, split_at, f"the layers after it also read {what}", image_size)
         splits[mode] = split
     shape = _node_shapes(network, traces[False], image_size).get(splits[False])
@@ -269,31 +273,3 @@ def split_network(network: nn.Module, split_at: str, image_size: int = 224) -> t
     """
     first, rest = cut_network(network, split_at, image_size)
     return FrozenTrunk(first, split_at), rest
-
-def main(argv=None) -> int:
-    """``python -m remind.split ARCH [IMAGE_SIZE]``: the layers a torchvision model can be split at, with G's
-    map shape there and the bytes of codes per example."""
-    import sys
-
-    from remind.networks import build_network
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        print("usage: python -m remind.split ARCH [IMAGE_SIZE]   (ARCH: a torchvision model, e.g. resnet18)")
-        return 2
-    try:
-        network = build_network(argv[0], 1000)
-        size = int(argv[1]) if len(argv) > 1 else 224
-        points = split_points(network, size)
-    except (ValueError, SplitError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{argv[0]} at {size} px: layer, G's map (C x H x W), codebooks M (the most of 32/16/8/4 dividing C), "
-          "bytes of codes per example (H x W x M)")
-    for name, (c, h, w) in points.items():
-        books = next((m for m in (32, 16, 8, 4) if c % m == 0), 1)
-        print(f"  {name:32s} {c:5d} x {h:3d} x {w:3d}   M={books:<3d} {h * w * books:>9,} B")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1102,6 +1102,19 @@ def other_run_checkpoint(c) -> list[str]:
     return trainer_argv(c.vqa, out)
 
 
+def reshaped_checkpoint(c) -> list[str]:
+    """An --output_dir whose checkpoint.pt (of this very run) holds a network tensor of another shape."""
+    from remind.checkpoint import load_state, save_state
+    out = c.tmp / "out"
+    assert vqa_trainer.main(trainer_argv(c.vqa, out)) == 0
+    state, meta = load_state(out / "checkpoint.pt")
+    weights = state["learner"]["plastic_net"]
+    name = next(k for k, v in weights.items() if v.dim() == 2)
+    weights[name] = weights[name][:, :-1].clone()
+    save_state(out / "checkpoint.pt", state, meta)
+    return trainer_argv(c.vqa, out)
+
+
 def omega_into_run(c):
     """compute_omega with --out the learner's own results folder, which holds its accuracy_curves.png."""
     run = omega_run(c.tmp / "remind", [80, 60, 50])
@@ -1109,6 +1122,14 @@ def omega_into_run(c):
     return omega_argv(c.tmp, learner=run)[:-1] + [str(run)], [run]
 
 
+add(VT, "a checkpoint.pt whose tensors have other shapes", "does not fit this run's model",
+    fixed="a VQA checkpoint that does not fit the model is one line (it was a size-mismatch traceback)",
+    build=lambda c: (reshaped_checkpoint(c), [c.tmp / "out" / "checkpoint.pt"]))
+add(VT, "a TDIUC config on a CLEVR data folder", "holds the clevr data",
+    fixed="a config of another dataset than the data folder is named as such (it said only that a file is missing)",
+    build=lambda c: ["--expt_name", "h", "--data_path", str(c.vqa.work), "--data_order", "qtype",
+                     "--stream_with_rehearsal", "--output_dir", str(c.tmp / "out"), "--config_name", "TDIUC_demo",
+                     "--device", "cpu"])
 FLAGS20 = "flag values checked before work (issue 20)"
 FIELDS = "each question's fields checked, the first bad one named by its index"
 add(IE, "--checkpoint_every_minutes nan", "finite number >= 0", fixed=FLAGS20,

@@ -1,4 +1,6 @@
 """The network splitter (remind.split / remind.networks) and the original's names as aliases over it."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -196,3 +198,23 @@ def test_an_embedded_learner_leaves_torch_global_random_state_alone():
     learner.load_state_dict(state, restore_global_rng=True)  # what a resumed script asks for
     assert torch.equal(torch.get_rng_state(), state["learner"]["torch_rng"])
     assert np.isfinite(float(learner.learn(images[:4], labels[:4] + 2)))
+
+
+@pytest.mark.filterwarnings("ignore:The default weight initialization of inception_v3")
+def test_weights_of_a_deeper_network_and_states_of_another_geometry_are_refused(tmp_path):
+    path = tmp_path / "resnet34.pth"  # every ResNet-18 name and shape is in it, and more: must not load silently
+    torch.save(torchvision.models.resnet34(num_classes=NUM_CLASSES).state_dict(), path)
+    with pytest.raises(CheckpointError, match="no place for"):
+        split_torchvision("resnet18", "layer3", NUM_CLASSES, weights=str(path), image_size=32)
+    with pytest.raises(SplitError, match="larger --image_size"):  # Inception's kernels outgrow 64 px maps
+        split_torchvision("inception_v3", "Mixed_6e", NUM_CLASSES, image_size=64)
+    torch.manual_seed(0)
+    config = REMINDConfig(num_classes=4, num_codebooks=8, codebook_size=16, lr_examples_per_class=10)
+    learner = REMIND(*split_torchvision("resnet18", "layer3", 4, image_size=32), config, device="cpu")
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 3, 32, 32),
+                                                                        torch.arange(16) % 4), batch_size=8)
+    learner.fit_base(loader)
+    other = REMIND(*split_torchvision("resnet18", "layer3", 4, image_size=32),
+                   dataclasses.replace(config, num_codebooks=16), device="cpu")
+    with pytest.raises(ValueError, match="8 codebooks of 16 centroids"):
+        other.load_state_dict(learner.state_dict())

@@ -265,7 +265,13 @@ def load_questions(data_path, dataset: str, split: str, text: bool = False) -> Q
 
 
 def load_lut(data_path, dataset: str) -> dict:
-    lut = read_json(Path(data_path) / f"LUT_{dataset}.json", "answer lookup table")
+    path = Path(data_path) / f"LUT_{dataset}.json"
+    others = sorted(p.name for p in Path(data_path).glob("LUT_*.json")) if not path.is_file() else []
+    if others:  # the folder holds another dataset's preprocessed files: the config and the data disagree
+        other = others[0][len("LUT_"):-len(".json")]
+        raise VQADataError(f"{data_path} holds the {other} data ({others[0]}), but the config is for {dataset} "
+                           f"(it reads LUT_{dataset}.json); use a {other} config or the {dataset} data folder")
+    lut = read_json(path, "answer lookup table")
     for key in ("a2idx", "qtype2idx"):
         if key not in lut:
             raise VQADataError(f"LUT_{dataset}.json lacks {key!r}; re-run preprocessing")

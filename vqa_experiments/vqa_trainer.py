@@ -38,6 +38,7 @@ from remind import budget, reporting
 from remind.autosave import Autosave, check_every_minutes
 from remind.buffer import ReplayBuffer, SharedCodes, entry_bytes
 from remind.checkpoint import (
+    CheckpointError,
     atomic_write_text,
     load_run_state,
     remove_stale_temporaries,
@@ -342,9 +343,14 @@ def streaming(args, config, data: VQAData, model: VQAModel, out_dir: Path, ident
     ckpt = out_dir / CHECKPOINT
     if ckpt.exists():
         state, meta = load_checkpoint(ckpt, identity)
-        learner.load_state_dict(state["learner"], restore_global_rng=True)  # the script owns the process
-        if model.ema is not None:
-            model.ema.load_state_dict(state["ema"])
+        try:
+            learner.load_state_dict(state["learner"], restore_global_rng=True)  # the script owns the process
+            if model.ema is not None:
+                model.ema.load_state_dict(state["ema"])
+        except (KeyError, RuntimeError, ValueError) as exc:  # tensors of other shapes, entries missing
+            raise CheckpointError(f"{ckpt} does not fit this run's model and data ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:160]}); it was written by another version or "
+                                  "edited: delete it to start this run again, or use another --expt_name") from None
         position, summary = meta["position"], meta["summary"]
         print(f"resuming {args.expt_name} after {position} questions", flush=True)
     else:
