@@ -1009,17 +1009,21 @@ add(ML, "a class-order file that starts with a UTF-8 byte-order mark", "10 class
 
 
 # ------------------------------------------------------------------ issue 20: a disk that fills up mid-run
-def full_disk_at(name: str):
-    """A patch making torch.save fail as on a full disk (torch's own RuntimeError) when it writes ``name``."""
+def full_disk_at(name: str, nth: int = 1):
+    """A patch making torch.save fail as on a full disk (torch's own RuntimeError) when it writes ``name`` for
+    the ``nth`` time."""
     def patch(monkeypatch, c) -> None:
         real = torch.save
+        writes = []
 
         def save(obj, f, *args, **kwargs):
             target = os.readlink(f"/proc/self/fd/{f.fileno()}") if hasattr(f, "fileno") else str(f)
-            if Path(target).name.startswith(f".{name}."):
+            if Path(target).name.startswith(f".{name}.") and len(writes) + 1 == nth:
                 f.write(b"PK" * 512)  # torch's zip writer writes through, then finds the disk full
                 f.flush()
                 raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1024 vs 960")
+            if Path(target).name.startswith(f".{name}."):
+                writes.append(target)
             return real(obj, f, *args, **kwargs)
         monkeypatch.setattr(torch, "save", save)
     return patch
@@ -1041,6 +1045,18 @@ add(IE, "the disk fills up while remind_buffer_6.pth is written", "remind_model 
     "remind_buffer_6.pth", kind="late", fixed=DISK, patch=full_disk_at("remind_buffer_6.pth"),
     after=rerun_continues(IE, "remind_model/remind_buffer_4.pth", "resuming from"),
     build=lambda c: ie_argv(c.images, c.tmp / "run"))
+def vqa_rerun_continues(c, argv) -> None:
+    """After the full disk: the VQA run's checkpoint.pt is the previous complete one and a rerun resumes."""
+    folder = Path(argv[argv.index("--output_dir") + 1]) / "h"
+    folder = folder if (folder / "checkpoint.pt").is_file() else Path(argv[argv.index("--output_dir") + 1])
+    assert (folder / "checkpoint.pt").is_file() and not list(folder.rglob(".*.tmp"))
+    assert vqa_trainer.main(argv) == 0
+    assert "resuming h after" in c.capfd.readouterr().out
+
+
+add(VT, "the disk fills up while the second checkpoint.pt is written", "while writing checkpoint.pt",
+    kind="late", fixed=DISK, patch=full_disk_at("checkpoint.pt", nth=2), after=vqa_rerun_continues,
+    build=lambda c: trainer_argv(c.vqa, c.tmp / "out"))
 add(BI, "the disk fills up while the checkpoint is written", "ckpts while writing net.pth",
     kind="late", fixed=DISK, patch=full_disk_at("net.pth"),
     build=lambda c: base_init_argv(c.images, c.tmp / "ckpts"))
@@ -1115,6 +1131,17 @@ def reshaped_checkpoint(c) -> list[str]:
     return trainer_argv(c.vqa, out)
 
 
+def checkpoint_without_identity(c) -> list[str]:
+    """An --output_dir whose checkpoint.pt (of this very run) lost its run identity from the metadata."""
+    from remind.checkpoint import load_state, save_state
+    out = c.tmp / "out"
+    assert vqa_trainer.main(trainer_argv(c.vqa, out)) == 0
+    state, meta = load_state(out / "checkpoint.pt")
+    del meta["identity"]
+    save_state(out / "checkpoint.pt", state, meta)
+    return trainer_argv(c.vqa, out)
+
+
 def omega_into_run(c):
     """compute_omega with --out the learner's own results folder, which holds its accuracy_curves.png."""
     run = omega_run(c.tmp / "remind", [80, 60, 50])
@@ -1125,6 +1152,9 @@ def omega_into_run(c):
 add(VT, "a checkpoint.pt whose tensors have other shapes", "does not fit this run's model",
     fixed="a VQA checkpoint that does not fit the model is one line (it was a size-mismatch traceback)",
     build=lambda c: (reshaped_checkpoint(c), [c.tmp / "out" / "checkpoint.pt"]))
+add(VT, "a checkpoint.pt whose metadata lacks the run identity", "has no run identity in its metadata",
+    fixed="a run state without its identity is one line (it was a KeyError traceback)",
+    build=lambda c: (checkpoint_without_identity(c), [c.tmp / "out" / "checkpoint.pt"]))
 add(VT, "a TDIUC config on a CLEVR data folder", "holds the clevr data",
     fixed="a config of another dataset than the data folder is named as such (it said only that a file is missing)",
     build=lambda c: ["--expt_name", "h", "--data_path", str(c.vqa.work), "--data_order", "qtype",
