@@ -37,6 +37,7 @@ import torchvision
 from torch.utils.data import TensorDataset
 
 from remind import PRESETS, split_network
+from remind.checkpoint import atomic_write_text
 
 BASE_CLASSES, INCREMENT, NUM_CLASSES = 4, 2, 10
 METRIC = "Top1_Acc_Stream/eval_phase/test_stream"
@@ -54,6 +55,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--baseline_lr", type=float, default=0.01, help="SGD LR of Naive and Replay (0.01)")
     parser.add_argument("--replay_mem", type=int, default=200, help="images in Avalanche Replay's memory (200)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--train_per_class", type=int, default=None,
+                        help="at most this many training images per class (default: all, about 135)")
     return parser
 
 
@@ -65,8 +68,10 @@ class Digits(TensorDataset):
         self.targets = labels.tolist()
 
 
-def load_digits(image_size: int, seed: int, test_fraction: float = 0.25) -> tuple[Digits, Digits]:
-    """scikit-learn's digits, a seeded per-class train/test split, upscaled to ``(3, S, S)`` and normalised."""
+def load_digits(image_size: int, seed: int, test_fraction: float = 0.25,
+                train_per_class: int | None = None) -> tuple[Digits, Digits]:
+    """scikit-learn's digits, a seeded per-class train/test split (at most ``train_per_class`` training images
+    of each class when given), upscaled to ``(3, S, S)`` and normalised."""
     from sklearn.datasets import load_digits as sklearn_digits
 
     data = sklearn_digits()
@@ -76,7 +81,7 @@ def load_digits(image_size: int, seed: int, test_fraction: float = 0.25) -> tupl
         members = rng.permutation(np.nonzero(data.target == digit)[0])
         n_test = int(round(len(members) * test_fraction))
         test.extend(members[:n_test])
-        train.extend(members[n_test:])
+        train.extend(members[n_test:][:train_per_class])
 
     def tensors(rows) -> Digits:
         rows = rng.permutation(np.asarray(rows))  # a shuffled stream within each experience
@@ -166,7 +171,7 @@ def main(argv=None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     started = time.time()
-    train, test = load_digits(args.image_size, args.seed)
+    train, test = load_digits(args.image_size, args.seed, train_per_class=args.train_per_class)
     class_order = np.random.default_rng(args.seed).permutation(NUM_CLASSES).tolist()
     per_exp = [BASE_CLASSES] + [INCREMENT] * ((NUM_CLASSES - BASE_CLASSES) // INCREMENT)
     benchmark = class_incremental_benchmark({"train": train, "test": test}, class_order=class_order,
@@ -215,7 +220,7 @@ def main(argv=None) -> int:
           f"wall time {total:.0f}s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
+    atomic_write_text(out, json.dumps({
         "accuracy_seen_classes": results, "final": {k: v[-1] for k, v in results.items()},
         "seconds": {**timings, "total": total}, "class_order": class_order, "classes_per_experience": per_exp,
         "settings": {**vars(args), "remind_config": dataclasses.asdict(config),

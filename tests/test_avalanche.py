@@ -157,6 +157,7 @@ def test_example_remind_beats_naive_and_replay(tmp_path):
     finally:
         sys.path.pop(0)
     out = tmp_path / "avalanche_digits.json"
-    assert avalanche_digits.main(["--epochs", "3", "--replays", "10", "--threads", "1", "--out", str(out)]) == 0
+    assert avalanche_digits.main(["--epochs", "3", "--replays", "10", "--train_per_class", "60", "--threads", "1",
+                                  "--out", str(out)]) == 0
     final = json.loads(out.read_text())["final"]
     assert final["REMIND"] >= final["Naive"] + 20, final

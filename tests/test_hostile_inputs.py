@@ -1018,11 +1018,11 @@ def full_disk_at(name: str, nth: int = 1):
 
         def save(obj, f, *args, **kwargs):
             target = os.readlink(f"/proc/self/fd/{f.fileno()}") if hasattr(f, "fileno") else str(f)
-            if Path(target).name.startswith(f".{name}.") and len(writes) + 1 == nth:
+            if Path(target).name.startswith(f".{name}") and len(writes) + 1 == nth:
                 f.write(b"PK" * 512)  # torch's zip writer writes through, then finds the disk full
                 f.flush()
                 raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1024 vs 960")
-            if Path(target).name.startswith(f".{name}."):
+            if Path(target).name.startswith(f".{name}"):
                 writes.append(target)
             return real(obj, f, *args, **kwargs)
         monkeypatch.setattr(torch, "save", save)
@@ -1057,6 +1057,19 @@ def vqa_rerun_continues(c, argv) -> None:
 add(VT, "the disk fills up while the second checkpoint.pt is written", "while writing checkpoint.pt",
     kind="late", fixed=DISK, patch=full_disk_at("checkpoint.pt", nth=2), after=vqa_rerun_continues,
     build=lambda c: trainer_argv(c.vqa, c.tmp / "out"))
+def core50_rerun_continues(c, argv) -> None:
+    """After the full disk: the CORe50 run's first increment state loads and a rerun resumes from it."""
+    folder = Path(argv[argv.index("--save_dir") + 1])
+    states = list(folder.rglob("remind_buffer_*.pth"))
+    assert len(states) == 1 and not list(folder.rglob(".*.tmp")), states
+    torch.load(states[0], weights_only=True)
+    assert ENTRIES[CE](argv) == 0
+    assert "resuming from" in c.capfd.readouterr().out
+
+
+add(CE, "the disk fills up while the second increment state is written", "while writing remind_buffer_",
+    kind="late", fixed=DISK, patch=full_disk_at("remind_buffer_", nth=2), after=core50_rerun_continues,
+    build=lambda c: core50_argv(c.images, c.tmp / "run"))
 add(BI, "the disk fills up while the checkpoint is written", "ckpts while writing net.pth",
     kind="late", fixed=DISK, patch=full_disk_at("net.pth"),
     build=lambda c: base_init_argv(c.images, c.tmp / "ckpts"))
