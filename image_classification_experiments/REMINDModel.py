@@ -54,9 +54,7 @@ class REMINDModel(REMIND):
         settings = {_KEYWORDS.get(k, k): v for k, v in settings.items()}
         if num_classes is not None:
             settings["num_classes"] = num_classes
-        config = dataclasses.replace(config or REMINDConfig(), **settings)
-        if isinstance(config.lr_examples_per_class, str):
-            raise ValueError("lr_examples_per_class 'auto' must be resolved to counts before building the model")
+        config = dataclasses.replace(config or REMINDConfig(), **settings)  # REMIND checks it once built
         self.arch, self.split_at = resolve_network(arch, split_at, **names)
         self.classifier_ckpt, self.weights, self.image_size = classifier_ckpt, weights, image_size
         trunk, head = build_split(self.arch, self.split_at, config.num_classes, classifier_ckpt, weights, image_size)

@@ -388,13 +388,13 @@ class REMINDStream:
 
 
 def feature_shape(model: REMINDModel, image_size: int, spatial_feat_dim: int | None = None) -> tuple[int, int]:
-    """``(H, W)`` of G's maps on one blank image (channels checked against the config on the way)."""
-    maps = model._features(torch.zeros(1, 3, image_size, image_size))
-    side = maps.shape[-1]
-    if spatial_feat_dim is not None and spatial_feat_dim != side:
-        raise ValueError(f"G gives {side}x{side} feature maps at --image_size {image_size}, not "
+    """``(H, W)`` of G's maps at ``image_size`` (:meth:`remind.REMIND.map_shape`, channels checked against the
+    PQ geometry on the way)."""
+    _, height, width = model.map_shape(image_size)
+    if spatial_feat_dim is not None and spatial_feat_dim != width:
+        raise ValueError(f"G gives {width}x{width} feature maps at --image_size {image_size}, not "
                          f"--spatial_feat_dim {spatial_feat_dim}; drop the flag or fix --image_size")
-    return tuple(maps.shape[-2:])
+    return height, width
 
 
 def stream_budget(title: str, spec: StreamSpec, examples_seen: list[int], evaluated: list[int], model: REMINDModel,
@@ -412,7 +412,7 @@ def stream_budget(title: str, spec: StreamSpec, examples_seen: list[int], evalua
     code_bytes = int(np.prod(map_shape)) * config.num_codebooks
     per_entry = code_bytes + entry_bytes(config.num_classes)
     f_bytes, momentum = budget.module_bytes(model.classifier_F), budget.trainable_bytes(model.classifier_F)
-    channels = model.map_channels or model.map_shape(224)[0]  # G has run once in feature_shape
+    channels = model.map_channels or model.map_shape(224)[0]  # known once feature_shape has run
     codebooks = config.codebook_size * channels * 4
     run_state = [n * per_entry + f_bytes + momentum + codebooks + 8 * config.num_classes for n in stored]
     f_file = f_bytes + momentum

@@ -89,7 +89,7 @@ class REMIND:
         self.class_steps = np.zeros(self.num_classes, dtype=np.int64)  # SGD steps spent on each class
         self._first_rng = np.random.default_rng(config.seed)  # handed to the learner when it is created
         self._next_id = 0  # ids given to examples of loaders that carry none
-        self.map_channels: int | None = None  # C of G's maps, once G has run
+        self._map_shapes: dict[int, tuple[int, int, int]] = {}  # image side -> (C, H, W) of G's maps
         self.reset_optimizer()
 
     # ----------------------------------------------------------------- parts
@@ -123,9 +123,17 @@ class REMIND:
         return {k: getattr(self.config, k) for k in IDENTITY_FIELDS}
 
     def map_shape(self, image_size: int) -> tuple[int, int, int]:
-        """``(C, H, W)`` of G's maps for ``image_size`` px images, checked against the PQ geometry."""
-        maps = self._features(torch.zeros(1, 3, image_size, image_size))
-        return tuple(int(s) for s in maps.shape[1:])
+        """``(C, H, W)`` of G's maps for ``image_size`` px images, checked against the PQ geometry (G runs once
+        per size on a blank image; G is frozen, so the answer is kept)."""
+        if image_size not in self._map_shapes:
+            maps = self._features(torch.zeros(1, 3, image_size, image_size))
+            self._map_shapes[image_size] = tuple(int(s) for s in maps.shape[1:])
+        return self._map_shapes[image_size]
+
+    @property
+    def map_channels(self) -> int | None:
+        """C of G's maps (the same at every input size), once :meth:`map_shape` has run; else None."""
+        return next(iter(self._map_shapes.values()))[0] if self._map_shapes else None
 
     def start_from(self, codec: PQCodec, code_shape: tuple[int, int, int]) -> None:
         """Create the learner around ``codec`` with an empty buffer of ``code_shape`` (H, W, M) codes."""
@@ -153,7 +161,6 @@ class REMIND:
             raise ValueError(f"G gives outputs of shape {tuple(maps.shape)}, not (B, C, H, W) feature maps; cut the "
                              "network at a layer that outputs maps (remind.split_points lists them)")
         check_pq_shape(maps.shape[1], self.config.num_codebooks, self.config.codebook_size)
-        self.map_channels = int(maps.shape[1])
         return maps
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -199,12 +206,7 @@ class REMIND:
         codec = PQCodec.train(sampler.vectors(), self.config.num_codebooks, self.config.codebook_size,
                               device=self.device)
         self.start_from(codec, (h, w, self.config.num_codebooks))
-        if keep_cache:
-            batches = cached
-        else:
-            self._next_id = first_id
-            batches = ((self._features(x), y, i) for x, y, i in
-                       (_unpack(batch, self._advance(batch)) for batch in base_loader))
+        batches = cached if keep_cache else self._maps_again(base_loader, first_id)
         for maps, labels, ids in tqdm(batches, desc="base init: encode", leave=False):
             self.learner.store(self.pq.encode_maps(maps.to(self.device), self.config.pq_backend),
                                labels.numpy(), ids.numpy())
@@ -212,10 +214,12 @@ class REMIND:
             self.fit_offline(self.classifier_F, head_epochs, head_batch_size, head_lr, verbose=False)
             self.reset_optimizer()
 
-    def _advance(self, batch) -> int:
-        first = self._next_id
-        self._next_id += len(batch[1])
-        return first
+    def _maps_again(self, loader: Iterable, first_id: int):
+        """G's maps, labels and ids of a second pass over ``loader``, ids numbered as in the first pass."""
+        for batch in loader:
+            images, labels, ids = _unpack(batch, first_id)
+            first_id += len(labels)
+            yield self._features(images), labels, ids
 
     # ---------------------------------------------------------------- training
     def current_lr(self, label: int) -> float:
@@ -353,7 +357,15 @@ class REMIND:
         if self.learner is None:
             raise RuntimeError("call fit_base (base initialisation) or load_state_dict before predicting")
         self.classifier_F.eval()
-        return self._probas(self.pq.reconstruct_maps(self._features(images), self.config.pq_backend))
+        return torch.softmax(self.logits(images), dim=1).float().cpu()
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """F's logits ``(B, num_classes)`` on G's maps of ``images``, encoded and decoded first (what F trains
+        on); before base initialisation (no quantiser yet) on G's maps themselves. F's mode is the caller's."""
+        maps = self._features(images)
+        if self.pq is not None:
+            maps = self.pq.reconstruct_maps(maps, self.config.pq_backend)
+        return self.classifier_F(maps)
 
     @torch.no_grad()
     def predict(self, data_loader: Iterable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -67,7 +67,6 @@ class _Trace:
             network.train(was_training)
         self.qualname = dict(tracer.node_to_qualname)
         self.nodes = list(self.graph.nodes)
-        self.position = {node: k for k, node in enumerate(self.nodes)}
 
     def last_node_of(self, layer: str) -> fx.Node | None:
         """The last node of module ``layer`` (the same rule as torchvision's ``return_nodes``)."""

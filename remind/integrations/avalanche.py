@@ -88,11 +88,7 @@ class REMINDNetwork(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        remind = self.remind
-        maps = remind._features(images)  # (B, C, H, W), no grad
-        if remind.pq is not None:
-            maps = remind.pq.reconstruct_maps(maps, remind.config.pq_backend)
-        return remind.classifier_F(maps)
+        return self.remind.logits(images)
 
 
 class _WithoutTaskLabels:
