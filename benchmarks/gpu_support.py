@@ -92,6 +92,50 @@ def patch_pq_training(verbose: bool = True) -> bool:
     return True
 
 
+def write_digits_tree(out: str, val_fraction: float = 0.25, pixels: int = 32, seed: int = 0,
+                      per_class: int = 40):
+    """The digits ImageFolder tree of ``make_digits_imagefolder.write_digits`` (scikit-learn's digits); on a
+    machine without scikit-learn (the GPU machines), the same layout with digits drawn here: each class's
+    numeral in PIL's built-in font at a random offset and stroke level, with noise."""
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        from image_classification_experiments.make_digits_imagefolder import write_digits
+        return write_digits(out, val_fraction, pixels, seed, per_class)
+    from pathlib import Path
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    from image_classification_experiments.make_numpy_imagenet_label_files import make_label_files
+    print("note: scikit-learn is not installed; the digits tree holds digits drawn with PIL's font "
+          "(benchmarks/gpu_support.py)", file=sys.stderr, flush=True)
+    rng = np.random.default_rng(seed)
+    out_path = Path(out)
+    names = [f"digit_{d}" for d in range(10)]
+    font = ImageFont.load_default()
+    index = 0
+    for digit in range(10):
+        n_val = max(1, int(round(per_class * val_fraction)))
+        for rank in range(per_class):
+            split = "val" if rank < n_val else "train"
+            canvas = Image.new("L", (16, 16), 0)
+            ImageDraw.Draw(canvas).text((int(rng.integers(4, 7)), int(rng.integers(1, 4))), str(digit),
+                                        fill=int(rng.integers(180, 256)), font=font)
+            pixels_16 = np.asarray(canvas, dtype=np.float32) + rng.normal(0, 10, (16, 16))
+            image = Image.fromarray(np.clip(pixels_16, 0, 255).astype(np.uint8)).resize((pixels, pixels),
+                                                                                       Image.BICUBIC)
+            folder = out_path / split / names[digit]
+            folder.mkdir(parents=True, exist_ok=True)
+            image.save(folder / f"{index:04d}.png")
+            index += 1
+    order = [names[k] for k in rng.permutation(10)]
+    (out_path / "class_order.txt").write_text("\n".join(order) + "\n")
+    make_label_files(str(out_path), str(out_path / "class_order.txt"), str(out_path / "imagenet_indices"))
+    return out_path
+
+
 def main(argv: list[str]) -> int:
     """``python -m benchmarks.gpu_support MODULE ARGS...``: ``MODULE.main(ARGS)`` with the patch applied."""
     if not argv:

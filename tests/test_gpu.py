@@ -45,10 +45,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.gpu_support import patch_pq_training  # noqa: E402
+from benchmarks.gpu_support import patch_pq_training, write_digits_tree  # noqa: E402
 from image_classification_experiments import imagenet_experiment as ie  # noqa: E402
 from image_classification_experiments import train_base_init_network_from_scratch as base_init  # noqa: E402
-from image_classification_experiments.make_digits_imagefolder import write_digits  # noqa: E402
 from image_classification_experiments.resnet_models import ROW_ORDER, ResNet18ClassifyAfterLayer4_1  # noqa: E402
 from image_classification_experiments.utils_imagenet import class_names_by_position, get_data_loader  # noqa: E402
 from remind import REMIND, PRESETS, split_torchvision  # noqa: E402
@@ -204,8 +203,8 @@ def test_decode_buffer_crops_and_mixup_match_cpu():
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
     """40 digits per class, half of them test images: 200 test images at 10 classes (1 point = 2 images)."""
-    return write_digits(str(tmp_path_factory.mktemp("gpu_digits") / "digits"), val_fraction=0.5, per_class=40,
-                        pixels=32, seed=0)
+    return write_digits_tree(str(tmp_path_factory.mktemp("gpu_digits") / "digits"), val_fraction=0.5, per_class=40,
+                             pixels=32, seed=0)
 
 
 def base_init_argv(digits: Path, save_dir: Path, device: str) -> list[str]:
