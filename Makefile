@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The VQA models run thousands of small ops per step and are 2x slower that way: demo-vqa leaves it unset.
 demo test bench: export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo demo-vqa demo-avalanche test bench backbones figure clean-results
+.PHONY: demo demo-vqa demo-avalanche test bench backbones figure clean-results gpu-check-smoke
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_stream.py --json results/bench_$$(date +%Y%m%d).json
+
+gpu-check-smoke: $(STAMP)
+	OUT=$${OUT:-results/gpu_check_smoke} bash benchmarks/gpu_check.sh --smoke
 
 figure: $(STAMP)
 	$(VENV)/bin/python repo_images/draw_pipeline.py
