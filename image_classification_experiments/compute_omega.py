@@ -10,7 +10,8 @@ divided by the offline baseline's at the same point. Each folder is a
 
 writes ``OUT/omega.json`` (run name -> {"top1", "top5", "base_top1", "base_top5",
 "non_base_top1", "non_base_top5"}; top1/top5 are over all seen classes),
-``OUT/results.md`` and ``OUT/accuracy_curves.png`` (every run and the offline one).
+``OUT/results.md`` (with each run's compute record, when its folder has
+``compute.json``) and ``OUT/accuracy_curves.png`` (every run and the offline one).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from remind import reporting
 from remind.checkpoint import atomic_write_text
+from remind.compute import compute_table, latest_records
 from remind.cli import run_main
 from remind.metrics import omega
 
@@ -94,13 +96,15 @@ def run_omegas(learner: dict, offline: dict) -> dict[str, float]:
     return result
 
 
-def results_markdown(omegas: dict, runs: dict, classes: list[int]) -> str:
+def results_markdown(omegas: dict, runs: dict, classes: list[int], costs: dict | None = None) -> str:
     header = "| run | " + " | ".join(f"Omega {k.replace('_', ' ')}" for k in OMEGA_KEYS) + " |"
     rows = [header, "|" + "---|" * (len(OMEGA_KEYS) + 1)]
     rows += [f"| {name} | " + " | ".join(f"{values[k]:.3f}" for k in OMEGA_KEYS) + " |"
              for name, values in omegas.items()]
     return ("## Omega (learner / offline, mean over evaluations)\n\n" + "\n".join(rows)
-            + "\n\n## Seen-class accuracy (%)\n\n" + reporting.format_table(runs, classes) + "\n")
+            + "\n\n## Seen-class accuracy (%)\n\n" + reporting.format_table(runs, classes) + "\n"
+            + (f"\n## Compute (whole run; learning s = data + G + replay + offline training)\n\n"
+               f"{compute_table(costs)}\n" if costs else ""))
 
 
 def compute(offline_dir: str, run_dirs: dict[str, str], out: str) -> dict:
@@ -118,7 +122,9 @@ def compute(offline_dir: str, run_dirs: dict[str, str], out: str) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     all_runs = {**runs, "offline": offline}
     atomic_write_text(out_dir / "omega.json", json.dumps(omegas, indent=2))
-    atomic_write_text(out_dir / "results.md", results_markdown(omegas, all_runs, classes))
+    # what each run spent, from its compute.json (runs written before it existed have none)
+    costs = latest_records({**run_dirs, "offline": offline_dir})
+    atomic_write_text(out_dir / "results.md", results_markdown(omegas, all_runs, classes, costs))
     reporting.plot_accuracies(all_runs, classes, out_dir / "accuracy_curves.png")
     return omegas
 

@@ -8,7 +8,9 @@ Runs the real scripts on the digits written as an ImageNet-style dataset:
    classes, two at a time: REMIND (50 replays, crops, mixup), fine-tune (0
    replays) and offline (F retrained for ``--offline_epochs`` on everything seen);
 4. ``compute_omega``: ``OUT/omega.json`` (remind and finetune against offline),
-   ``OUT/results.md`` and all three runs in ``OUT/accuracy_curves.png``.
+   ``OUT/results.md`` (accuracy, Omega, and each method's compute: updates,
+   sample passes, examples per second) and all three runs in
+   ``OUT/accuracy_curves.png``.
 
 Each step is skipped when its output exists, and the runs resume, so a rerun
 finishes quickly.
@@ -25,6 +27,7 @@ from image_classification_experiments import train_base_init_network_from_scratc
 from image_classification_experiments.make_digits_imagefolder import write_digits
 from image_classification_experiments.stream_run import StreamSpec
 from remind import reporting
+from remind.compute import compute_table, latest_records
 
 BASE_CLASSES, INCREMENT, NUM_CLASSES, IMAGE_SIZE = 4, 2, 10, 64
 ARCH = "ResNet18ClassifyAfterLayer4_1"
@@ -92,6 +95,8 @@ def main(argv=None) -> int:
     spec = StreamSpec.class_increments(BASE_CLASSES, INCREMENT, NUM_CLASSES)
     print("\nDigits demo: seen-class accuracy (%) after each increment")
     print(reporting.format_table(runs, spec.seen_at(len(runs["remind"]["seen_classes_top1"]))))
+    print("\nCompute (whole run on this machine; learning s = data + G + replay + offline training):")
+    print(compute_table(latest_records({name: out / name for name in runs})))
     print("\nOmega (mean over evaluations of learner / offline accuracy, all seen classes):")
     for name, values in omegas.items():
         print(f"  {name:<9} top-1 {values['top1']:.3f}   top-5 {values['top5']:.3f}")

@@ -7,8 +7,11 @@ normalises by, to our reading): no PQ, no frozen trunk. Each point reuses
 the classes seen, then evaluates the network on those classes' val images and
 writes the same files as ``imagenet_experiment.py``
 (``accuracies_min_trained_0_max_trained_<K>.json``, ``preds_...pth``, the
-plot), so ``compute_omega.py --offline`` takes its folder. Networks are kept
-in ``SAVE_DIR/networks/``; a rerun continues where it stopped.
+plot, ``compute.json``), so ``compute_omega.py --offline`` takes its folder.
+Networks are kept in ``SAVE_DIR/networks/``, each with what its training cost
+(``<network>.compute.json``: optimizer steps, samples, seconds; a network whose
+own training was resumed counts its last session); a rerun continues where it
+stopped.
 
     python -m image_classification_experiments.offline_full_network --images_dir /data/ImageNet2012 \
         --label_dir ./imagenet_files --save_dir results/offline_full --epochs 40
@@ -16,7 +19,9 @@ in ``SAVE_DIR/networks/``; a rerun continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +38,9 @@ from image_classification_experiments.utils_imagenet import (
     load_labels,
 )
 from remind import reporting
+from remind.checkpoint import atomic_write_text
 from remind.cli import check_device, default_device, run_main
+from remind.compute import ComputeMeter
 from remind.lock import FolderLock
 
 
@@ -102,14 +109,27 @@ def trainer_argv(args, classes: int) -> tuple[list[str], Path]:
     return argv, ckpt
 
 
-def train_network(args, classes: int) -> Path:
-    """Train (or finish training) the network on classes ``[0, classes)``; returns its checkpoint."""
+def train_network(args, classes: int, compute: ComputeMeter | None = None, phase: str = "offline") -> Path:
+    """Train (or finish training) the network on classes ``[0, classes)``; returns its checkpoint.
+
+    What the training cost (optimizer steps, samples, seconds) is added to ``compute``: counted while it
+    trains, or read from the network's ``.compute.json`` when it was trained by an earlier run."""
     argv, ckpt = trainer_argv(args, classes)
+    cost_file = ckpt.with_suffix(".compute.json")
     if ckpt.is_file():
         if int(torch.load(ckpt, weights_only=True, mmap=True).get("epoch", 0)) >= args.epochs:
+            if compute is not None and cost_file.is_file():
+                cost = json.loads(cost_file.read_text())
+                compute.add({k: cost[k] for k in ("optimizer_updates", "sample_passes")}, {phase: cost["seconds"]})
             return ckpt
         argv += ["--resume", str(ckpt)]
-    base_init.train(base_init.get_args_parser().parse_args(argv), base_init.Processes())  # errors: one line here
+    session, started = ComputeMeter(args.device), time.perf_counter()
+    base_init.train(base_init.get_args_parser().parse_args(argv), base_init.Processes(), session)  # errors: one line
+    cost = {"optimizer_updates": session.counts["optimizer_updates"], "sample_passes": session.counts["sample_passes"],
+            "seconds": time.perf_counter() - started}
+    atomic_write_text(cost_file, json.dumps(cost))
+    if compute is not None:  # its seconds are timed by the caller's phase
+        compute.add({k: cost[k] for k in ("optimizer_updates", "sample_passes")})
     return ckpt
 
 
@@ -122,16 +142,23 @@ class WholeNetworkOffline:
 
     def __init__(self, args):
         self.args = args
+        self.compute = ComputeMeter(args.device)
+        self.train_labels = load_labels(args.images_dir, args.label_dir, "train")
 
     def completed(self, points) -> None:
         return None
 
     def begin(self, start: int, end: int) -> None:
-        self.learn(start, end)
+        self._train(end, "base_init")
 
     def learn(self, start: int, end: int) -> None:
+        with self.compute.phase("offline"):
+            self._train(end, "offline")
+        self.compute.count_streamed(int(((self.train_labels >= start) & (self.train_labels < end)).sum()))
+
+    def _train(self, end: int, phase: str) -> None:
         print(f"offline network on classes {self.args.min_class}-{end - 1}", flush=True)
-        self.network = train_network(self.args, end)
+        self.network = train_network(self.args, end, self.compute, phase)
 
     @torch.no_grad()
     def predict(self, end: int) -> tuple[np.ndarray, np.ndarray]:
@@ -146,6 +173,7 @@ class WholeNetworkOffline:
         for images, batch_labels, _ in loader:
             probas.append(torch.softmax(network(images.to(args.device)), dim=1).float().cpu())
             labels.append(batch_labels)
+        self.compute.count_evaluated(sum(len(b) for b in labels))
         return torch.cat(probas).numpy(), torch.cat(labels).numpy()
 
     def checkpoint(self, end: int, accuracies: dict) -> None:

@@ -5,9 +5,11 @@ feature-level offline baseline through :class:`REMINDStream`; the whole-network
 baseline in ``offline_full_network``) over a :class:`StreamSpec`: base
 initialisation up to the first evaluation point, then one segment of the stream
 per later point, an evaluation after each, its accuracy and prediction files,
-then the method's checkpoint. A rerun continues after the last complete
-checkpoint. :func:`record_accuracies` is the one place base / non-base / seen
-accuracy is computed.
+a compute record (:mod:`remind.compute`: updates, sample passes, seconds by
+phase, examples per second, peak memory) in ``compute.json``, then the
+method's checkpoint. A rerun continues after the last complete checkpoint.
+:func:`record_accuracies` is the one place base / non-base / seen accuracy is
+computed.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from remind.autosave import Autosave
 from remind.buffer import entry_bytes
 from remind.checkpoint import CheckpointError, atomic_torch_save, atomic_write_text, load_state, \
     remove_stale_temporaries, save_state
+from remind.compute import RECORD_FILE, ComputeMeter, summary_line
 from remind.metrics import topk_accuracy
 
 ACCURACY_KEYS = ("base_classes_top1", "non_base_classes_top1", "seen_classes_top1",
@@ -107,7 +110,8 @@ class ResultFiles:
     """Names of a run's per-evaluation files, in the original's convention.
 
     ``{prefix}accuracies_min_trained_{first}_max_trained_{end}.json`` (all accuracy lists so far),
-    ``{prefix}preds_min_trained_{first}_max_trained_{end}.pth`` (softmax probabilities) and one plot.
+    ``{prefix}preds_min_trained_{first}_max_trained_{end}.pth`` (softmax probabilities), one plot, and
+    ``{prefix}compute.json`` (the compute record of every evaluation so far).
     """
     save_dir: Path
     run_name: str
@@ -115,6 +119,10 @@ class ResultFiles:
     prefix: str = ""
     plot_name: str = "accuracy_curves.png"
     xlabel: str = "classes seen"
+
+    @property
+    def compute_file(self) -> Path:
+        return self.save_dir / f"{self.prefix}{RECORD_FILE}"
 
     def accuracy_file(self, end: int) -> Path:
         return self.save_dir / f"{self.prefix}accuracies_min_trained_{self.first}_max_trained_{end}.json"
@@ -129,6 +137,7 @@ class ResultFiles:
 
 class StreamMethod(Protocol):
     """What :func:`run_stream` drives."""
+    compute: ComputeMeter  # counts and times the method's work; its state travels in the checkpoints
 
     def completed(self, points: tuple[int, ...]) -> int | None: ...  # latest point with a complete checkpoint
     def restore(self, point: int) -> dict: ...                         # load it; returns the accuracies so far
@@ -156,7 +165,8 @@ def run_stream(spec: StreamSpec, method: StreamMethod, files: ResultFiles,
         done, accuracies = seed_from()
     else:
         print(f"base initialisation on {spec.unit} {spec.start}-{spec.points[0] - 1}", flush=True)
-        method.begin(spec.start, spec.points[0])
+        with method.compute.phase("base_init"):
+            method.begin(spec.start, spec.points[0])
         accuracies = new_accuracies()
         _evaluate(spec, method, files, is_base, accuracies, spec.points[0], omit_non_base_at_base_init)
         done = spec.points[0]
@@ -168,11 +178,16 @@ def run_stream(spec: StreamSpec, method: StreamMethod, files: ResultFiles,
 
 
 def _evaluate(spec, method, files, is_base, accuracies, end: int, omit_non_base: bool) -> None:
-    """Evaluate at ``end``; results first, then the checkpoint, whose presence marks the point done."""
-    probas, labels = method.predict(end)
+    """Evaluate at ``end``; results and the compute record first, then the checkpoint (which carries the
+    record), whose presence marks the point done."""
+    with method.compute.phase("evaluation"):
+        probas, labels = method.predict(end)
     record_accuracies(accuracies, probas, labels, is_base(labels), omit_non_base)
     files.write(accuracies, probas, end, spec.seen_at(len(accuracies["seen_classes_top1"])))
-    method.checkpoint(end, accuracies)
+    print(summary_line(method.compute.record(end, spec.unit)), flush=True)
+    method.compute.write(files.save_dir, files.compute_file.name)
+    with method.compute.phase("checkpoint"):
+        method.checkpoint(end, accuracies)
 
 
 @dataclass(frozen=True)
@@ -287,6 +302,10 @@ class REMINDStream:
         self.allow_changes = allow_changes
         self.accuracies: dict | None = None  # as of the last saved point (what a mid-increment state carries)
         self.resume_at: dict | None = None   # where a mid-increment state stopped: segment, batches, loss
+
+    @property
+    def compute(self) -> ComputeMeter:
+        return self.model.compute
 
     def completed(self, points) -> int | None:
         done = [p for p in points if (self.model_dir / f"remind_buffer_{p}.pth").is_file()]

@@ -63,6 +63,7 @@ from image_classification_experiments.utils_imagenet import (
 from remind.networks import classification_models, without_module_prefix
 from remind.checkpoint import CheckpointError, atomic_torch_save, safe_load
 from remind.cli import check_device, default_device, run_main
+from remind.compute import ComputeMeter
 from remind.lock import FolderLock
 from remind.metrics import topk_accuracy
 
@@ -261,6 +262,7 @@ class Run:
     val_loader: DataLoader
     class_names: list            # the class folder of each classifier row (None: no images)
     start_epoch: int = 0
+    compute: ComputeMeter | None = None  # counts the optimizer steps for a caller's compute record
     best_acc1: float = 0.0
 
 
@@ -359,6 +361,8 @@ def train_one_epoch(model: nn.Module, run: Run, args, epoch: int, procs: Process
         loss.backward()
         run.optimizer.step()
         batch = labels.numel()
+        if run.compute is not None:
+            run.compute.count_update(batch)
         loss_sum += loss.item() * batch
         correct += topk_accuracy(logits.detach(), labels, (1,))[0] * batch / 100.0
         count += batch
@@ -435,11 +439,12 @@ def fit(model: nn.Module, run: Run, args, procs: Processes) -> None:
 
 
 # ------------------------------------------------------------------ entry point
-def train(args, procs: Processes) -> None:
+def train(args, procs: Processes, compute: ComputeMeter | None = None) -> None:
     """Check every input (writing nothing), then train or evaluate; input errors are raised, for run_main
-    (or a caller such as offline_full_network) to report."""
+    (or a caller such as offline_full_network, whose ``compute`` meter counts the optimizer steps) to report."""
     lock = FolderLock(args.save_dir, "--save_dir") if procs.is_main and not args.evaluate else nullcontext()
     run = prepare(args, procs)
+    run.compute = compute
     with lock:  # one training run per checkpoint folder
         if procs.is_main:
             print(json.dumps({**vars(args), "world_size": procs.world_size, "device": str(run.device)}), flush=True)

@@ -8,6 +8,7 @@ The library in one screen::
     learner.fit_base(base_loader)       # PQ on G's maps of the base-init data, their codes stored
     learner.fit_stream(stream_loader)   # one replay step per new example
     learner.evaluate(test_loader)       # {'top1': ..., 'top5': ..., 'examples': N}
+    learner.compute.snapshot()          # updates, rows through F, seconds by phase, examples/s, peak memory
 
 :class:`REMIND` takes any G and F modules; :func:`split_network` cuts any
 traceable classifier at a named layer; the parts (:class:`PQCodec`,
@@ -17,6 +18,7 @@ are exported for other learners (the VQA experiments use them).
 from remind.augment import mixup, random_resized_crop, sample_crop_params, sample_mixup_lambda
 from remind.buffer import ReplayBuffer
 from remind.checkpoint import CheckpointError, atomic_torch_save, load_state, safe_load, save_state
+from remind.compute import ComputeMeter
 from remind.config import PRESETS, REMINDConfig
 from remind.image import REMIND
 from remind.learner import ReplayBatch, StreamingLearner
@@ -31,5 +33,5 @@ __all__ = [
     "classification_models", "FrozenTrunk", "SplitError", "StreamingLearner", "ReplayBatch",
     "PQCodec", "check_pq_shape", "ReplayBuffer", "random_resized_crop", "sample_crop_params", "mixup",
     "sample_mixup_lambda", "per_class_lr", "step_lr_gamma", "topk_accuracy", "CheckpointError",
-    "atomic_torch_save", "save_state", "load_state", "safe_load",
+    "atomic_torch_save", "save_state", "load_state", "safe_load", "ComputeMeter",
 ]

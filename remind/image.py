@@ -7,6 +7,7 @@
     >>> learner.fit_stream(stream_loader)    # one replay step per example, in the loader's order
     >>> learner.evaluate(test_loader)        # {'top1': ..., 'top5': ..., 'examples': N}
     >>> learner.save_checkpoint("remind.pth")  # F, optimizer, codebooks, buffer, generator
+    >>> learner.compute.snapshot()           # updates, sample passes through F, seconds by phase, examples/s
 
 Loaders yield ``(images, labels)`` or ``(images, labels, ids)`` batches
 (``images (B, 3, S, S)`` float, ``labels (B,)`` int64 class indices in
@@ -37,6 +38,7 @@ from tqdm import tqdm
 from remind.augment import mixup, random_resized_crop, sample_mixup_lambda
 from remind.buffer import ReplayBuffer
 from remind.checkpoint import CheckpointError, load_run_state, save_run_state
+from remind.compute import ComputeMeter
 from remind.config import REMINDConfig
 from remind.learner import ReplayBatch, StreamingLearner
 from remind.lr import step_lr_gamma
@@ -69,6 +71,11 @@ class REMIND:
         config: REMIND's settings (:class:`remind.REMINDConfig`, or a preset of ``remind.PRESETS``).
         device: where G, F, the codebooks and the buffer live (default: cuda when present).
         **settings: config fields to override (``replays_per_step=0`` fine-tunes).
+
+    Attributes:
+        compute: a :class:`remind.compute.ComputeMeter` counting what the learner does (examples streamed,
+            optimizer updates, rows through F, test examples) and timing it by phase; it is saved and restored
+            with :meth:`save_checkpoint` / :meth:`load_checkpoint`.
     """
 
     def __init__(self, trunk: nn.Module, head: nn.Module, config: REMINDConfig | None = None,
@@ -90,6 +97,7 @@ class REMIND:
         self._first_rng = np.random.default_rng(config.seed)  # handed to the learner when it is created
         self._next_id = 0  # ids given to examples of loaders that carry none
         self._map_shapes: dict[int, tuple[int, int, int]] = {}  # image side -> (C, H, W) of G's maps
+        self.compute = ComputeMeter(self.device)  # updates, sample passes, seconds by phase (remind.compute)
         self.reset_optimizer()
 
     # ----------------------------------------------------------------- parts
@@ -142,7 +150,7 @@ class REMIND:
             self.classifier_F, self.optimizer, codec.to(self.device), buffer, self._first_rng,
             replays_per_step=self.config.replays_per_step * (2 if self.config.use_mixup else 1),
             even_replays=self.config.use_mixup, grad_clip=self.config.grad_clip,
-            contiguous_maps=not self.config.use_random_resized_crops)
+            contiguous_maps=not self.config.use_random_resized_crops, compute=self.compute)
 
     def reset_optimizer(self) -> None:
         """The streaming optimizer over F, without momentum history."""
@@ -177,11 +185,18 @@ class REMIND:
         """Base initialisation: train the PQ on G's maps of ``base_loader``, then store their codes.
 
         ``head_epochs > 0`` then also trains F on the stored (decoded) base examples for that many epochs
-        (:meth:`fit_offline`: mini-batches of ``head_batch_size``, cosine LR from ``head_lr``) and starts the stream with a fresh optimizer: for
-        an F that was not trained with G on these classes (a new classifier). The PQ trains on ``codebook_size * 256`` vectors (one per map position) sampled uniformly from all
-        base-init positions (faiss would subsample to that many anyway). Maps are kept for encoding when
-        they fit in ``max_cached_bytes``; otherwise G runs a second pass over the loader.
+        (:meth:`fit_offline`: mini-batches of ``head_batch_size``, cosine LR from ``head_lr``) and starts the
+        stream with a fresh optimizer: for an F that was not trained with G on these classes (a new
+        classifier). The PQ trains on ``codebook_size * 256`` vectors (one per map position) sampled
+        uniformly from all base-init positions (faiss would subsample to that many anyway). Maps are kept
+        for encoding when they fit in ``max_cached_bytes``; otherwise G runs a second pass over the loader.
+        The time goes to the ``base_init`` phase of :attr:`compute`.
         """
+        with self.compute.phase("base_init"):
+            self._fit_base(base_loader, head_epochs, head_lr, head_batch_size, max_cached_bytes)
+
+    def _fit_base(self, base_loader: Iterable, head_epochs: int, head_lr: float, head_batch_size: int,
+                  max_cached_bytes: int) -> None:
         cached, sampler, keep_cache, first_id = [], None, True, self._next_id
         total = _dataset_size(base_loader)
         if total is None:
@@ -210,8 +225,8 @@ class REMIND:
         for maps, labels, ids in tqdm(batches, desc="base init: encode", leave=False):
             self.learner.store(self.pq.encode_maps(maps.to(self.device), self.config.pq_backend),
                                labels.numpy(), ids.numpy())
-        if head_epochs > 0:
-            self.fit_offline(self.classifier_F, head_epochs, head_batch_size, head_lr, verbose=False)
+        if head_epochs > 0:  # part of base initialisation (not the offline phase of the compute record)
+            self._fit_offline(self.classifier_F, head_epochs, head_batch_size, head_lr, verbose=False)
             self.reset_optimizer()
 
     def _maps_again(self, loader: Iterable, first_id: int):
@@ -255,7 +270,9 @@ class REMIND:
         return loss.mean()
 
     def _replay_loss(self, batch: ReplayBatch) -> torch.Tensor:
-        return self._loss(*self._augment(batch))
+        inputs, labels_a, labels_b, lam = self._augment(batch)
+        batch.net_rows = len(inputs)  # with mixup, fewer rows than examples drawn (the compute record's count)
+        return self._loss(inputs, labels_a, labels_b, lam)
 
     def replay_step(self, new_codes: torch.Tensor, label: int, example_id: int = -1,
                     insert: bool = False) -> torch.Tensor:
@@ -281,9 +298,13 @@ class REMIND:
         ids = torch.arange(self._next_id, self._next_id + len(labels)) if ids is None else torch.as_tensor(ids)
         self._next_id += len(labels)
         self.classifier_F.train()
-        total = torch.zeros((), device=self.device)
-        for codes, label, example_id in zip(self._encode(images), labels.tolist(), ids.reshape(-1).tolist()):
-            total += self.replay_step(codes, label, example_id, insert=True)
+        with self.compute.phase("trunk"):
+            codes = self._encode(images)
+        with self.compute.phase("replay"):
+            total = torch.zeros((), device=self.device)
+            for example_codes, label, example_id in zip(codes, labels.tolist(), ids.reshape(-1).tolist()):
+                total += self.replay_step(example_codes, label, example_id, insert=True)
+        self.compute.count_streamed(len(labels))
         return total
 
     def fit_stream(self, loader: Iterable, verbose: bool = True, between_batches=None, first_batch: int = 0,
@@ -297,7 +318,7 @@ class REMIND:
         total = torch.tensor(loss_so_far[0], dtype=torch.float32, device=self.device)
         count = loss_so_far[1]
         progress = tqdm(total=_dataset_size(loader), desc="streaming", disable=not verbose, leave=False)
-        for batch_number, batch in enumerate(loader, start=first_batch + 1):
+        for batch_number, batch in enumerate(self.compute.timed(loader, "data"), start=first_batch + 1):
             images, labels, ids = _unpack(batch, self._next_id)
             total += self.learn(images, labels, ids)
             count += len(labels)
@@ -312,11 +333,13 @@ class REMIND:
         """Encode every example of ``loader`` and add its codes to the buffer, with no SGD step."""
         if self.learner is None:
             raise RuntimeError("call fit_base (base initialisation) or load_state_dict before adding examples")
-        for batch in tqdm(loader, desc="encode", disable=not verbose, leave=False):
+        for batch in tqdm(self.compute.timed(loader, "data"), desc="encode", disable=not verbose, leave=False):
             images, labels, ids = _unpack(batch, self._next_id)
             self._check_labels(labels)
             self._next_id += len(labels)
-            self.learner.store(self._encode(images), labels.numpy(), ids.numpy())
+            with self.compute.phase("trunk"):
+                self.learner.store(self._encode(images), labels.numpy(), ids.numpy())
+            self.compute.count_streamed(len(labels))
 
     def fit_offline(self, head: nn.Module, epochs: int, batch_size: int = 256, lr: float = 0.1,
                     verbose: bool = True) -> float:
@@ -326,6 +349,10 @@ class REMIND:
         are on), SGD with momentum 0.9 and F's weight decay, LR on a cosine from ``lr`` to 0 over all steps.
         Shuffles and crops come from the run's generator. Returns the last epoch's mean loss.
         """
+        with self.compute.phase("offline"):
+            return self._fit_offline(head, epochs, batch_size, lr, verbose)
+
+    def _fit_offline(self, head: nn.Module, epochs: int, batch_size: int, lr: float, verbose: bool) -> float:
         self.classifier_F = head.to(self.device)
         self.optimizer = torch.optim.SGD(self.classifier_F.parameters(), lr=lr, momentum=0.9,
                                          weight_decay=self.config.weight_decay, fused=True)
@@ -341,7 +368,7 @@ class REMIND:
                     maps = random_resized_crop(maps, self.rng)
                 step_loss = self._loss(maps, labels, labels, 1.0)
                 learner.backward(step_loss)
-                learner.update(0.5 * lr * (1.0 + math.cos(math.pi * step / total_steps)))
+                learner.update(0.5 * lr * (1.0 + math.cos(math.pi * step / total_steps)), samples=len(labels))
                 epoch_loss += step_loss.detach() * len(labels)
                 step += 1
             loss = float(epoch_loss) / max(size, 1)
@@ -357,7 +384,10 @@ class REMIND:
         if self.learner is None:
             raise RuntimeError("call fit_base (base initialisation) or load_state_dict before predicting")
         self.classifier_F.eval()
-        return torch.softmax(self.logits(images), dim=1).float().cpu()
+        with self.compute.phase("evaluation"):
+            probas = torch.softmax(self.logits(images), dim=1).float().cpu()
+        self.compute.count_evaluated(len(probas))
+        return probas
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """F's logits ``(B, num_classes)`` on G's maps of ``images``, encoded and decoded first (what F trains
@@ -407,8 +437,10 @@ class REMIND:
         """Softmax probabilities ``(N, num_classes)`` float32 from stored codes ``(N, H, W, M)``, decoded and
         classified ``batch_size`` at a time."""
         self.classifier_F.eval()
-        probas = [self._probas(self.pq.decode_maps(codes[i:i + batch_size].to(self.device)))
-                  for i in range(0, len(codes), batch_size)]
+        with self.compute.phase("evaluation"):
+            probas = [self._probas(self.pq.decode_maps(codes[i:i + batch_size].to(self.device)))
+                      for i in range(0, len(codes), batch_size)]
+        self.compute.count_evaluated(len(codes))
         return torch.cat(probas).numpy() if probas else np.zeros((0, self.num_classes), np.float32)
 
     # ------------------------------------------------------------------ state
@@ -438,8 +470,10 @@ class REMIND:
     def save_checkpoint(self, path: str | Path, progress: dict | None = None, identity: dict | None = None) -> None:
         """Write :meth:`state_dict` atomically to ``path`` in the project's run-state layout (with the
         learner's settings, checked by :meth:`load_checkpoint`)."""
-        save_run_state(path, self.state_dict(), {**self.settings, **(identity or {})},
-                       {"code_shape": list(self.replay_buffer.code_shape), **(progress or {})})
+        with self.compute.phase("checkpoint"):
+            save_run_state(path, self.state_dict(), {**self.settings, **(identity or {})},
+                           {"code_shape": list(self.replay_buffer.code_shape), **(progress or {}),
+                            "compute": self.compute.state_dict()})
 
     def load_checkpoint(self, path: str | Path, identity: dict | None = None, allow_changes: bool = False,
              restore_global_rng: bool = False) -> dict:
@@ -450,6 +484,8 @@ class REMIND:
             self.load_state_dict(state, restore_global_rng)
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{path} does not fit this learner's F: {str(exc).splitlines()[0][:200]}") from None
+        if isinstance(meta.get("compute"), dict):  # what the run had spent: a resumed run goes on counting
+            self.compute.load_state_dict(meta["compute"])
         return meta
 
 

@@ -32,6 +32,7 @@ import torch.nn as nn
 
 from remind.buffer import ReplayBuffer
 from remind.checkpoint import rng_from_json, rng_state_to_json
+from remind.compute import ComputeMeter
 from remind.pq import PQCodec
 
 
@@ -44,10 +45,13 @@ class ReplayBatch:
             learner was built with ``contiguous_maps=False``).
         labels: ``(1 + n,)`` int64 on the device.
         ids: ``(1 + n,)`` int64 numpy example ids (VQA: question rows).
+        net_rows: rows the plastic network processed, for the compute record; a ``make_loss`` that
+            combines rows (mixup: 1 + n maps into 1 + n / 2 inputs) sets it; None: one per example.
     """
     maps: torch.Tensor
     labels: torch.Tensor
     ids: np.ndarray
+    net_rows: int | None = None
 
     @property
     def num_replays(self) -> int:
@@ -71,13 +75,14 @@ class StreamingLearner:
         contiguous_maps: decode to contiguous NCHW maps; False gives a channels-last view (cheaper for a
             batched crop that reads it as it is).
         after_update: called after every optimizer step (a weight average, say).
+        compute: counts the updates and the samples through the plastic network (a fresh meter when None).
     """
 
     def __init__(self, plastic_net: nn.Module, optimizer: torch.optim.Optimizer, codec: PQCodec,
                  buffer: ReplayBuffer | None, rng: np.random.Generator, *, replays_per_step: int,
                  even_replays: bool = False, insert_first: bool = False, replacement: str = "random",
                  grad_clip: float | None = None, contiguous_maps: bool = True,
-                 after_update: Callable[[], None] | None = None):
+                 after_update: Callable[[], None] | None = None, compute: ComputeMeter | None = None):
         if replays_per_step < 0:
             raise ValueError(f"replays per step must be non-negative, got {replays_per_step}")
         if replacement not in ("random", "queue"):
@@ -87,6 +92,7 @@ class StreamingLearner:
         self.replays_per_step, self.even_replays = replays_per_step, even_replays
         self.insert_first, self.replacement = insert_first, replacement
         self.grad_clip, self.contiguous_maps, self.after_update = grad_clip, contiguous_maps, after_update
+        self.compute = compute if compute is not None else ComputeMeter(self.device)
 
     def set_plastic(self, plastic_net: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Train another network (a fresh F for the offline baseline) or with a fresh optimizer from now on."""
@@ -157,7 +163,7 @@ class StreamingLearner:
         batch = self.decode(new_codes, label, example_id, self.draw())
         loss = make_loss(batch)
         self.backward(loss)
-        self.update(lr)
+        self.update(lr, samples=len(batch.ids) if batch.net_rows is None else batch.net_rows)
         if store and not self.insert_first:
             self.insert(new_codes, label, example_id)
         return loss.detach()
@@ -166,14 +172,16 @@ class StreamingLearner:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
 
-    def update(self, lr: float | None = None) -> None:
-        """Clip (if asked), set the step's learning rate, take the optimizer step."""
+    def update(self, lr: float | None = None, samples: int = 0) -> None:
+        """Clip (if asked), set the step's learning rate, take the optimizer step (counted in :attr:`compute`
+        as one update over ``samples`` samples)."""
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.plastic_net.parameters(), self.grad_clip)
         if lr is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
         self.optimizer.step()
+        self.compute.count_update(samples)
         if self.after_update is not None:
             self.after_update()
 

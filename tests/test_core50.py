@@ -20,6 +20,7 @@ from image_classification_experiments.utils_core50 import (
     load_core50,
     stream_order,
 )
+from remind.compute import read_records
 
 NUM_OBJECTS, FRAMES = 15, 4  # 3 categories
 TRAIN = (1, 2, 4, 5, 6, 8, 9, 11)
@@ -195,6 +196,16 @@ def test_base_init_trains_f_on_the_base_frames(tree, tmp_path, capsys):
         assert ("base init: F trained" in out) == (epochs > 0)
         result = sorted(save_dir.glob("core50_iid_accuracies_*.json"))[-1]
         first_eval[epochs] = json.loads(result.read_text())["seen_classes_top1"][0]
+        # the compute record: F's base-init epochs (batches of 16) counted at the first point, then a step a frame
+        records = read_records(save_dir, "core50_iid_compute.json")
+        first, last = records[0], records[-1]
+        assert out.count("compute: ") == len(records) == 2 and first["unit"] == last["unit"] == "frames"
+        base_frames = first["sample_passes"] // max(epochs, 1)
+        assert first["examples_streamed"] == 0 and first["optimizer_updates"] == epochs * -(-base_frames // 16)
+        assert first["sample_passes"] == epochs * base_frames and (base_frames > 0) == (epochs > 0)
+        assert last["examples_streamed"] == last["position"] - first["position"] > 0
+        assert last["optimizer_updates"] == first["optimizer_updates"] + last["examples_streamed"]
+        assert last["sample_passes"] == first["sample_passes"] + 4 * last["examples_streamed"]  # 1 + 3 replays
     assert first_eval[8] > first_eval[0] + 20, first_eval
 
 

@@ -29,6 +29,7 @@ from image_classification_experiments.resnet_models import (ROW_ORDER, ResNet18C
 from image_classification_experiments.utils_imagenet import (class_names_by_position, examples_per_class,
                                                              get_data_loader)
 from remind.checkpoint import load_state
+from remind.compute import COUNTS, read_records
 from remind.pq import PQCodec
 from helpers import assert_nested_equal, randomise
 
@@ -189,6 +190,31 @@ def test_full_run_writes_every_evaluation(full_run, digits):
     assert not [p for p in full_run.rglob("*") if p.name.endswith(".tmp") or ".tmp." in p.name]
 
 
+def test_full_run_writes_the_compute_record(full_run, digits):
+    """compute.json: one record per evaluation point, its counts what the stream implies."""
+    records = read_records(full_run)
+    assert [r["position"] for r in records] == list(POINTS) and {r["unit"] for r in records} == {"classes"}
+    train, val = train_labels(digits), val_labels(digits)
+    evaluated = 0
+    for record in records:
+        k = record["position"]
+        streamed = int(((train >= BASE) & (train < k)).sum())
+        evaluated += int((val < k).sum())
+        assert record["examples_streamed"] == streamed and record["eval_examples"] == evaluated
+        # one step per streamed example, F on the new example and 5 replays (2 x 5 drawn, mixed in pairs)
+        assert record["optimizer_updates"] == streamed and record["sample_passes"] == 6 * streamed
+        seconds = record["seconds"]
+        assert seconds["base_init"] > 0 and seconds["evaluation"] > 0 and seconds["offline"] == 0
+        assert record["elapsed_seconds"] >= sum(seconds.values()) > 0
+        assert record["peak_memory_bytes"] > 0 and record["device"] == "cpu"
+        if k == BASE:
+            assert record["examples_per_second"] is None and seconds["replay"] == 0
+        else:
+            assert min(seconds["data"], seconds["trunk"], seconds["replay"], seconds["checkpoint"]) > 0
+            assert record["examples_per_second"] == pytest.approx(
+                streamed / (seconds["data"] + seconds["trunk"] + seconds["replay"]), rel=1e-3)
+
+
 def test_checkpoints_are_weights_only_and_complete(full_run, digits):
     f_state = load_f(full_run, 10)
     assert set(f_state) == {"model_state_dict", "optimizer_state_dict", "arch", "split_at"}
@@ -227,7 +253,14 @@ def test_interrupted_then_resumed_equals_uninterrupted(full_run, digits, ckpt, t
     a_t, a_meta = load_state(full_run / "remind_model" / "remind_buffer_10.pth")
     b_t, b_meta = load_state(model_dir / "remind_buffer_10.pth")
     assert_nested_equal(a_t, b_t)  # includes the generators' states
+    a_compute, b_compute = a_meta.pop("compute"), b_meta.pop("compute")
     assert a_meta == b_meta
+    # what the run spent: the resumed run counts exactly the uninterrupted run's work (its seconds differ)
+    assert a_compute["counts"] == b_compute["counts"] and a_compute["counts"]["examples_streamed"] > 0
+    assert [r["position"] for r in a_compute["records"]] == [r["position"] for r in b_compute["records"]]
+    for a_record, b_record in zip(a_compute["records"], b_compute["records"]):
+        assert {k: a_record[k] for k in COUNTS} == {k: b_record[k] for k in COUNTS}
+    assert read_records(b_dir) == b_compute["records"]  # compute.json: written just before the state
 
 
 def test_resume_full_path_into_fresh_dir_equals_uninterrupted(full_run, digits, ckpt, tmp_path):

@@ -25,6 +25,7 @@ import torch
 
 from remind.buffer import ReplayBuffer
 from remind.checkpoint import load_state
+from remind.compute import read_records
 from remind.pq import PQCodec
 from vqa_experiments import make_synthetic_vqa, metric, vqa_data, vqa_trainer
 from vqa_experiments.clevr import extract_image_features_clevr, pq_encoding_clevr, preprocess_clevr
@@ -452,12 +453,38 @@ def check_outputs(data, dataset: str, order_name: str, out: Path) -> dict:
     return summary
 
 
+def check_compute_record(data, dataset: str, mode: str, out: Path, summary: dict) -> None:
+    """compute.json: a record per boundary whose counts are what the mode's schedule implies."""
+    records, boundaries = read_records(out), summary["boundaries"]
+    assert [r["position"] for r in records] == boundaries and {r["unit"] for r in records} == {"questions"}
+    epochs, batch = summary["config"]["max_epochs"], summary["config"]["train_batch_size"]
+    val_questions = len(load_table(data, dataset, "val")["qid"])
+    offline_updates = offline_samples = 0
+    for i, (record, boundary) in enumerate(zip(records, boundaries)):
+        streamed = boundary - boundaries[0]
+        assert record["examples_streamed"] == streamed and record["eval_examples"] == (i + 1) * val_questions
+        if mode == "full":  # a fresh network on everything up to each boundary
+            offline_updates += epochs * -(-boundary // batch)
+            offline_samples += epochs * boundary
+            assert (record["optimizer_updates"], record["sample_passes"]) == (offline_updates, offline_samples)
+        else:  # base-init epochs, then one update per streamed question (on it alone, or with its replays)
+            base_updates, base_samples = epochs * -(-boundaries[0] // batch), epochs * boundaries[0]
+            assert record["optimizer_updates"] == base_updates + streamed
+            if mode == "stream":
+                assert record["sample_passes"] == base_samples + streamed
+            elif streamed:
+                assert record["sample_passes"] > base_samples + streamed
+        assert record["seconds"]["base_init"] > 0 and record["seconds"]["evaluation"] > 0
+        assert (record["examples_per_second"] is None) == (streamed == 0)
+
+
 @pytest.mark.parametrize("dataset", ["clevr", "tdiuc"])
 @pytest.mark.parametrize("mode", ["stream", "stream_with_rehearsal", "full"])
 def test_trainer_modes_write_consistent_outputs(data, trained, dataset, mode):
     out = trained(dataset, "qtype", mode)
     summary = check_outputs(data, dataset, "qtype", out)
     assert summary["mode"] == mode and summary["data_order"] == "qtype"
+    check_compute_record(data, dataset, mode, out, summary)
     state = checkpoint_parts(out)
     assert (state["buffer"] is not None) == (mode == "stream_with_rehearsal")
     if mode == "stream_with_rehearsal":  # default rehearsal keeps every streamed question

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from remind.checkpoint import atomic_write_text
 from remind.metrics import omega
+from remind.compute import compute_table, latest_records
 from remind.reporting import markdown_table
 from vqa_experiments import feature_probe, make_synthetic_vqa, pq_encoding, train_scene_trunk, vqa_trainer
 from vqa_experiments.clevr import extract_image_features_clevr, preprocess_clevr
@@ -294,7 +295,9 @@ def main(argv=None) -> int:
             "(val objects; probe / majority class, %)\n", feature_probe.probe_table(probes), ""]
     for (dataset, order), report in reports.items():
         text += [f"### {dataset} ({order} order): final accuracy per question type (%)\n", final_table(report), "",
-                 "Colour and shape questions, final accuracy (%):\n", looking_table(report), ""]
+                 "Colour and shape questions, final accuracy (%):\n", looking_table(report), "",
+                 "Compute (whole run; examples = questions; learning s = replay + offline training; runs two at a "
+                 "time):\n", compute_table(latest_records(runs[(dataset, order)])), ""]
         for method in METHODS:
             summary = json.loads((runs[(dataset, order)][method] / "summary.json").read_text())
             text += [f"<details><summary>{dataset} {method}: every evaluation</summary>\n",

@@ -14,8 +14,10 @@ network offline on all data up to each boundary: the upper bound.
 Outputs in ``--output_dir`` (default ``snapshots/<expt_name>``):
 ``summary.json`` (boundaries, overall, mean_per_type, per_type), ``train_log.csv``,
 ``results_boundary_<n>.json`` (question id -> predicted answer index),
-``accuracy.png`` and ``checkpoint.pt``. Re-running the same command resumes from
-the last boundary.
+``accuracy.png``, ``compute.json`` (per boundary: questions streamed, optimizer
+updates, samples through the network, seconds by phase, questions per second,
+peak memory; :mod:`remind.compute`) and ``checkpoint.pt``. Re-running the same
+command resumes from the last boundary.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ from remind.checkpoint import (
     save_run_state,
 )
 from remind.cli import add_preflight_flags, check_device, default_device, run_main
+from remind.compute import ComputeMeter, summary_line
 from remind.learner import ReplayBatch, StreamingLearner
 from remind.lock import FolderLock
 from vqa_experiments.configs import get_config, override
@@ -183,8 +186,9 @@ class VQAModel:
     batch builder: the decoded maps of the new question and its replays get their questions' tokens.
     """
 
-    def __init__(self, args, config, data: VQAData, glove: np.ndarray | None):
+    def __init__(self, args, config, data: VQAData, glove: np.ndarray | None, compute: ComputeMeter | None = None):
         self.config, self.data, self.device = config, data, data.device
+        self.compute = compute if compute is not None else ComputeMeter(self.device)  # the run's meter
         self.net = build_model(config, data.dictionary.ntoken, data.codec.num_channels).to(self.device)
         if glove is not None:
             self.net.embedding.init_embedding(glove)
@@ -219,6 +223,7 @@ class VQAModel:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        self.compute.count_update(len(answers))
         self.update_average()
         return loss.detach()
 
@@ -227,7 +232,7 @@ class VQAModel:
         """The shared learner over this network; the new question enters the buffer before the draw."""
         return StreamingLearner(self.net, self.optimizer, self.data.codec, buffer, rng,
                                 replays_per_step=replays_per_step, insert_first=True, replacement=strategy,
-                                after_update=self.update_average)
+                                after_update=self.update_average, compute=self.compute)
 
     @property
     def eval_net(self) -> nn.Module:
@@ -244,8 +249,13 @@ class VQAModel:
             print(f"{label} epoch {epoch + 1}/{epochs}: mean loss {total / max(1, -(-len(order) // size)):.4f} "
                   f"({time.time() - start:.1f} s)", flush=True)
 
-    @torch.no_grad()
     def evaluate(self) -> tuple[dict, np.ndarray]:
+        with self.compute.phase("evaluation"):
+            return self._evaluate()
+
+    @torch.no_grad()
+    def _evaluate(self) -> tuple[dict, np.ndarray]:
+        self.compute.count_evaluated(len(self.data.val))
         net = self.eval_net
         net.eval()
         n = len(self.data.val)
@@ -261,7 +271,14 @@ class VQAModel:
 # ---------------------------------------------------------------- checkpoints
 def save_checkpoint(path: Path, model: VQAModel, learner: StreamingLearner | None, rng, position: int,
                     summary: dict, identity: dict, segment: int) -> None:
-    """The run state in the project's one layout: the learner's state when streaming, else the network's."""
+    """The run state in the project's one layout: the learner's state when streaming, else the network's
+    (with the run's compute meter in its metadata)."""
+    with model.compute.phase("checkpoint"):
+        _save_checkpoint(path, model, learner, rng, position, summary, identity, segment)
+
+
+def _save_checkpoint(path: Path, model: VQAModel, learner: StreamingLearner | None, rng, position: int,
+                     summary: dict, identity: dict, segment: int) -> None:
     if learner is not None:
         state = {"learner": learner.state_dict()}
     else:
@@ -269,7 +286,7 @@ def save_checkpoint(path: Path, model: VQAModel, learner: StreamingLearner | Non
                  "torch_rng": torch.get_rng_state()}
     if model.ema is not None:
         state["ema"] = model.ema.state_dict()
-    progress = {"position": position, "segment": segment, "summary": summary}
+    progress = {"position": position, "segment": segment, "summary": summary, "compute": model.compute.state_dict()}
     if rng is not None:
         progress["rng"] = rng_state_to_json(rng)
     save_run_state(path, state, identity, progress)
@@ -288,7 +305,7 @@ def new_summary(args, config, data: VQAData) -> dict:
 
 
 def record(out_dir: Path, summary: dict, boundary: int, segment: str, accuracy: dict, predictions: np.ndarray,
-           qids: np.ndarray) -> None:
+           qids: np.ndarray, compute: ComputeMeter) -> None:
     summary["boundaries"].append(int(boundary))
     summary["segments"].append(segment)
     summary["overall"].append(round(accuracy["overall"], 4))
@@ -300,6 +317,8 @@ def record(out_dir: Path, summary: dict, boundary: int, segment: str, accuracy: 
     write_outputs(out_dir, summary)
     print(f"[{summary['mode']}] after {boundary} questions ({segment}): overall {accuracy['overall']:.2f}%, "
           f"mean per type {accuracy['mean_per_type']:.2f}%", flush=True)
+    print(summary_line(compute.record(int(boundary), "questions")), flush=True)
+    compute.write(out_dir)
 
 
 def write_outputs(out_dir: Path, summary: dict) -> None:
@@ -352,20 +371,34 @@ def streaming(args, config, data: VQAData, model: VQAModel, out_dir: Path, ident
                                   f"{str(exc).splitlines()[0][:160]}); it was written by another version or "
                                   "edited: delete it to start this run again, or use another --expt_name") from None
         position, summary = meta["position"], meta["summary"]
+        if isinstance(meta.get("compute"), dict):
+            model.compute.load_state_dict(meta["compute"])
         print(f"resuming {args.expt_name} after {position} questions", flush=True)
     else:
         summary = new_summary(args, config, data)
         base = order.rows[:order.boundaries[0]]
         print(f"base init: {len(base)} questions ({order.segment_names[0]}), {config.max_epochs} epochs", flush=True)
-        model.train_offline(base, config.max_epochs, learner.rng, "base init")
-        # the base-init questions, in one batch when they fit, else one by one with eviction (the original)
-        learner.store(None, data.train.aidx[base], base, evict_overflow=True)
+        with model.compute.phase("base_init"):
+            model.train_offline(base, config.max_epochs, learner.rng, "base init")
+            # the base-init questions, in one batch when they fit, else one by one with eviction (the original)
+            learner.store(None, data.train.aidx[base], base, evict_overflow=True)
         position = order.boundaries[0]
         accuracy, predictions = model.evaluate()
-        record(out_dir, summary, position, order.segment_names[0], accuracy, predictions, data.val.qid)
+        record(out_dir, summary, position, order.segment_names[0], accuracy, predictions, data.val.qid,
+               model.compute)
         save_checkpoint(ckpt, model, learner, None, position, summary, identity, 0)
         if autosave is not None:
             autosave.checkpointed(str(ckpt))
+    compute = model.compute
+    with compute.phase("replay"):  # paused by the evaluations and checkpoints inside
+        summary = _stream(args, order, data, model, learner, out_dir, identity, autosave, summary, position, ckpt)
+    return summary
+
+
+def _stream(args, order, data: VQAData, model: VQAModel, learner: StreamingLearner, out_dir: Path, identity: dict,
+            autosave: Autosave | None, summary: dict, position: int, ckpt: Path) -> dict:
+    """One step per question from ``position`` to the end, evaluating and saving at every boundary."""
+    compute = model.compute
     start, end = time.time(), order.boundaries[-1]
     boundary_index = {b: k for k, b in enumerate(order.boundaries)}
     segment = int(np.searchsorted(order.boundaries, position, side="right"))  # the one being streamed
@@ -376,13 +409,14 @@ def streaming(args, config, data: VQAData, model: VQAModel, out_dir: Path, ident
     for position in range(position, end):
         row = int(order.rows[position])
         learner.step(data.image_codes(row), int(data.train.aidx[row]), row, model.replay_loss)
+        compute.count_streamed(1)
         done = position + 1
         if done in boundary_index:
             rate = (done - order.boundaries[0]) / max(1e-9, time.time() - start)
             print(f"streamed to {done}/{end} ({rate:.1f} questions/s)", flush=True)
             accuracy, predictions = model.evaluate()
             record(out_dir, summary, done, order.segment_names[boundary_index[done]], accuracy, predictions,
-                   data.val.qid)
+                   data.val.qid, compute)
             save_checkpoint(ckpt, model, learner, None, done, summary, identity, boundary_index[done])
             segment = boundary_index[done] + 1
             if autosave is not None:
@@ -397,19 +431,25 @@ def offline(args, config, data: VQAData, out_dir: Path, identity: dict, glove,
     """``--full``: a fresh network trained offline on everything up to each boundary."""
     order = data.order
     ckpt = out_dir / CHECKPOINT
+    compute = ComputeMeter(data.device)
     if ckpt.exists():
         _, meta = load_checkpoint(ckpt, identity)
         rng, summary, first = rng_from_json(meta["rng"]), meta["summary"], meta["segment"] + 1
+        if isinstance(meta.get("compute"), dict):
+            compute.load_state_dict(meta["compute"])
         print(f"resuming {args.expt_name} at segment {first + 1}/{len(order.boundaries)}", flush=True)
     else:
         rng, summary, first = np.random.default_rng(args.seed), new_summary(args, config, data), 0
     for k in range(first, len(order.boundaries)):
         boundary = order.boundaries[k]
         torch.manual_seed(args.seed * 1000 + k)
-        model = VQAModel(args, config, data, glove)
-        model.train_offline(order.rows[:boundary], config.max_epochs, rng, f"offline to {boundary}")
+        model = VQAModel(args, config, data, glove, compute)
+        with compute.phase("base_init" if k == 0 else "offline"):
+            model.train_offline(order.rows[:boundary], config.max_epochs, rng, f"offline to {boundary}")
+        if k > 0:
+            compute.count_streamed(boundary - order.boundaries[k - 1])
         accuracy, predictions = model.evaluate()
-        record(out_dir, summary, boundary, order.segment_names[k], accuracy, predictions, data.val.qid)
+        record(out_dir, summary, boundary, order.segment_names[k], accuracy, predictions, data.val.qid, compute)
         save_checkpoint(ckpt, model, None, rng, boundary, summary, identity, k)
         if autosave is not None:
             autosave.checkpointed(str(ckpt))
