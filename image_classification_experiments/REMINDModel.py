@@ -90,9 +90,10 @@ class REMINDModel(REMIND):
             raise RuntimeError("call fit_pq (base initialisation) or resume before adding examples")
         self.store(curr_loader, verbose)
 
-    def fit_offline(self, epochs: int, batch_size: int = 256, lr: float = 0.1, verbose: bool = True) -> float:
+    def fit_offline(self, epochs: int, batch_size: int = 256, lr: float = 0.1, verbose: bool = True,
+                    phase: str = "offline") -> float:
         """Offline upper bound: a fresh F (from the base-init checkpoint) trained on the whole buffer."""
-        return super().fit_offline(self.fresh_head(), epochs, batch_size, lr, verbose)
+        return super().fit_offline(self.fresh_head(), epochs, batch_size, lr, verbose, phase)
 
     # ------------------------------------------------------------ checkpoints
     def save(self, inc: int, save_full_path: str, extra_meta: dict | None = None,

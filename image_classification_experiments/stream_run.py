@@ -339,17 +339,17 @@ class REMINDStream:
         self.accuracies = meta["accuracies"]
         return meta["accuracies"]
 
-    def _train_offline(self, schedule: OfflineTraining, label: str = "offline") -> None:
-        loss = self.model.fit_offline(schedule.epochs, schedule.batch_size, schedule.lr)
+    def _train_offline(self, schedule: OfflineTraining, label: str = "offline", phase: str = "offline") -> None:
+        loss = self.model.fit_offline(schedule.epochs, schedule.batch_size, schedule.lr, phase=phase)
         print(f"{label}: F trained {schedule.epochs} epochs on {len(self.model.learner)} examples, "
               f"last-epoch loss {loss:.4f}", flush=True)
 
     def begin(self, start: int, end: int) -> None:
         self.model.fit_pq(self.train_loader(start, end))
         if self.offline is not None:
-            self._train_offline(self.offline)
+            self._train_offline(self.offline, phase="base_init")
         elif self.base_training is not None and self.base_training.epochs:
-            self._train_offline(self.base_training, "base init")
+            self._train_offline(self.base_training, "base init", phase="base_init")
             self.model.reset_optimizer()
 
     def learn(self, start: int, end: int) -> None:

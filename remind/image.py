@@ -342,14 +342,15 @@ class REMIND:
             self.compute.count_streamed(len(labels))
 
     def fit_offline(self, head: nn.Module, epochs: int, batch_size: int = 256, lr: float = 0.1,
-                    verbose: bool = True) -> float:
+                    verbose: bool = True, phase: str = "offline") -> float:
         """Offline upper bound: train ``head`` (a fresh F) on every stored example, and use it from now on.
 
         ``epochs`` passes of shuffled mini-batches of decoded codes (with the feature-map crops when they
         are on), SGD with momentum 0.9 and F's weight decay, LR on a cosine from ``lr`` to 0 over all steps.
-        Shuffles and crops come from the run's generator. Returns the last epoch's mean loss.
+        Shuffles and crops come from the run's generator. Returns the last epoch's mean loss. The time goes
+        to ``phase`` of :attr:`compute` (``base_init`` when this trains F at base initialisation).
         """
-        with self.compute.phase("offline"):
+        with self.compute.phase(phase):
             return self._fit_offline(head, epochs, batch_size, lr, verbose)
 
     def _fit_offline(self, head: nn.Module, epochs: int, batch_size: int, lr: float, verbose: bool) -> float:

@@ -17,9 +17,11 @@ from image_classification_experiments import imagenet_experiment as ie
 from image_classification_experiments.make_digits_imagefolder import write_digits
 from image_classification_experiments.resnet_models import ResNet18ClassifyAfterLayer4_1
 from remind.checkpoint import load_state
+from remind.compute import ComputeMeter, read_records
 from remind.metrics import omega
 
 NUM_CLASSES, BASE, INCREMENT, POINTS = 10, 4, 2, [4, 6, 8, 10]
+OFFLINE_EPOCHS, OFFLINE_BATCH = 3, 8  # offline_argv's
 
 
 # ------------------------------------------------------------------ omega
@@ -70,6 +72,27 @@ def test_compute_omega_end_to_end(tmp_path, capsys):
     assert "| remind | 0.800 |" in table and "offline seen top1" in table and "| 8 | 50.00 |" in table
     assert (out / "accuracy_curves.png").read_bytes().startswith(b"\x89PNG")
     assert "remind" in capsys.readouterr().out
+    assert "## Compute" not in table  # hand-written runs have no compute.json
+
+
+def test_compute_omega_reports_each_runs_compute(tmp_path, capsys):
+    """results.md gets each run's last compute record; an unreadable compute.json is left out with a warning,
+    and the Omega report is still written."""
+    offline = _write_run(tmp_path / "offline", [100, 80, 50], [100] * 3, [100] * 3, [100] * 3, [70, 40], [100] * 2)
+    learner = _write_run(tmp_path / "remind", [90, 40, 50], [100] * 3, [50] * 3, [100] * 3, [35, 40], [100] * 2)
+    meter = ComputeMeter()
+    meter.count_streamed(816)
+    meter.count_update(51)
+    meter.add(seconds={"replay": 8.0})
+    meter.record(8, "classes")
+    meter.write(learner)
+    (offline / "compute.json").write_text("{oops")
+    out = tmp_path / "out"
+    assert co.main(["--offline", str(offline), "--runs", f"remind={learner}", "--out", str(out)]) == 0
+    table = (out / "results.md").read_text()
+    assert "## Compute" in table and "| remind | 816 | 1 | 51 | 8.0 | 102.0 |" in table
+    assert "| offline |" not in table.split("## Compute")[1]
+    assert "compute.json is not a compute record" in capsys.readouterr().out
 
 
 def test_compute_omega_bad_input(tmp_path, capsys):
@@ -109,7 +132,7 @@ def offline_argv(digits: Path, ckpt: Path, save_dir: Path, *extra: str) -> list[
     return ["--images_dir", str(digits), "--label_dir", str(digits), "--classifier_ckpt", str(ckpt),
             "--num_classes", str(NUM_CLASSES), "--base_init_classes", str(BASE), "--class_increment",
             str(INCREMENT), "--image_size", "64", "--num_workers", "0", "--device", "cpu", "--codebook_size", "16",
-            "--use_random_resized_crops", "--offline_epochs", "3", "--offline_batch_size", "8",
+            "--use_random_resized_crops", "--offline_epochs", str(OFFLINE_EPOCHS), "--offline_batch_size", str(OFFLINE_BATCH),
             "--offline_lr", "0.05", "--keep_checkpoints", "all", "--save_dir", str(save_dir), *extra]
 
 
@@ -135,6 +158,16 @@ def test_offline_run_writes_the_streaming_files(offline_run, ckpt):
         assert sorted(labels.tolist()) == sorted(list(range(k)) * 8)
         assert tensors["class_steps"].sum() == 0  # no streaming step was taken
     assert (offline_run / "accuracy_curves.png").is_file()
+    # the compute record: each point's examples stored, then EPOCHS epochs of F over everything seen
+    records, updates, passes = read_records(offline_run), 0, 0
+    assert [r["position"] for r in records] == POINTS
+    for record in records:  # F trained at base init too (in the base_init phase)
+        k = record["position"]
+        updates += OFFLINE_EPOCHS * -(-8 * k // OFFLINE_BATCH)
+        passes += OFFLINE_EPOCHS * 8 * k
+        assert record["examples_streamed"] == 8 * (k - BASE)
+        assert (record["optimizer_updates"], record["sample_passes"]) == (updates, passes)
+        assert (record["seconds"]["offline"] > 0) == (k > BASE) and record["seconds"]["replay"] == 0
     # F was retrained from the base-init checkpoint: its fc differs from the checkpoint's
     base_fc = torch.load(ckpt, weights_only=True)["state_dict"]["model.fc.weight"]
     trained = torch.load(offline_run / "remind_model" / "remind_classifier_F_10.pth", weights_only=True)
