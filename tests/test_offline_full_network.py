@@ -7,6 +7,7 @@ import torch
 
 from image_classification_experiments import compute_omega, offline_full_network
 from image_classification_experiments.make_digits_imagefolder import write_digits
+from remind.compute import read_records
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +40,19 @@ def test_offline_full_network_writes_results_resumes_and_feeds_omega(digits, tmp
     assert json.loads((save_dir / "accuracies_min_trained_0_max_trained_7.json").read_text())[
         "seen_classes_top1"][-1] == pytest.approx(top1)
 
-    # a rerun trains nothing again
+    # the compute record: one epoch per network of 8 images per class in batches of 8
+    def counts():
+        return [(r["position"], r["examples_streamed"], r["optimizer_updates"], r["sample_passes"])
+                for r in read_records(save_dir)]
+    expected = [(4, 0, 4, 32), (7, 24, 4 + 7, 32 + 56), (10, 48, 4 + 7 + 10, 32 + 56 + 80)]
+    assert counts() == expected
+    assert read_records(save_dir)[-1]["seconds"]["offline"] > 0
+
+    # a rerun trains nothing again, and reads what each network cost from its record
     stamps = {p.name: p.stat().st_mtime_ns for p in (save_dir / "networks").iterdir()}
     assert offline_full_network.main(argv(digits, save_dir)) == 0
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (save_dir / "networks").iterdir()}
+    assert counts() == expected
 
     # more epochs continue the existing networks instead of starting over
     assert offline_full_network.main(argv(digits, save_dir, **{"--epochs": "2", "--streaming_max_class": "7",
