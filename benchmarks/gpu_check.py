@@ -161,6 +161,8 @@ def section_tests(args, out_dir: Path, cap: float) -> dict:
     # the tests print the differences they measured: keep those lines
     result["measured"] = [line.strip() for line in logfile.read_text(errors="replace").splitlines()
                           if line.startswith(f"[{args.device} vs cpu]")][:40]
+    if result.get("tests") and result.get("skipped") == result.get("tests"):
+        raise RuntimeError(f"every test was skipped (REMIND_TEST_DEVICE={args.device}: is CUDA visible to torch?)")
     if rc != 0:
         raise RuntimeError(f"pytest exit code {rc}: {result.get('failures')} failed, {result.get('errors')} errors "
                            f"({result.get('failed_tests')}); see {logfile.name}")
@@ -174,7 +176,9 @@ def section_bench(args, out_dir: Path, cap: float) -> dict:
         flags = ["--steps", "4", "--batch-size", "2", "--stream-buffer", "300", "--sections", "encode", "eval",
                  "stream", "vqa_batch"]
     else:
-        flags = ["--full", "--sections", "encode", "eval", "stream", "vqa_batch"]
+        # real sizes (a 959,665-entry buffer while streaming, G batches of 128), one round of 128 examples per
+        # path and measurement instead of two, to stay inside the cap
+        flags = ["--full", "--steps", "128", "--sections", "encode", "eval", "stream", "vqa_batch"]
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_stream.py"), "--device", args.device, "--json",
            str(out_json), "--workdir", str(workdir), *flags]
     log("bench: " + " ".join(cmd[1:]))
@@ -224,7 +228,7 @@ def section_profile(args, partial: Partial, deadline: float) -> dict:
 
     device = args.device
     cuda = torch.device(device).type == "cuda"
-    buffer_entries = 2_000 if args.smoke else 100_000
+    buffer_entries = 2_000 if args.smoke else max(1000, int(100_000 * args.scale))
     model = paper_model(device, buffer_entries, args.smoke)
     fill_random(model.replay_buffer, buffer_entries)
     warm, steps = (2, 3) if args.smoke else (20, 10)
@@ -308,8 +312,8 @@ def section_image_stream(args, partial: Partial, deadline: float) -> dict:
     from image_classification_experiments.utils_imagenet import get_data_loader
     device = args.device
     workers = 2 if args.smoke else max(2, min(12, (os.cpu_count() or 4) - 2))
-    classes, train_per, val_per = (100, 1, 1) if args.smoke else (1000, 3, 1)
-    capacity = 400 if args.smoke else IMAGENET_BUFFER
+    classes, train_per, val_per = (100, 1, 1) if args.smoke else (max(10, int(1000 * args.scale)), 3, 1)
+    capacity = 400 if args.smoke else max(1000, int(IMAGENET_BUFFER * args.scale))
     batch = 16 if args.smoke else 128
     root = Path(tempfile.mkdtemp(prefix="gpu_check_jpeg_"))
     partial.update(jpeg_tree=write_jpeg_tree(root, classes, train_per, val_per, os.cpu_count() or 2),
@@ -406,7 +410,7 @@ def section_vqa(args, partial: Partial, deadline: float) -> dict:
             channels, height, width = channels // 8, 4, 4
         gen = np.random.default_rng(index)
         torch.manual_seed(index)
-        images, questions = (50, 400) if args.smoke else (2000, 20000)
+        images, questions = (50, 400) if args.smoke else (max(20, int(2000 * args.scale)), max(200, int(20000 * args.scale)))
         net = build_model(config, ntoken, channels).to(device)
         optimizer = torch.optim.Adamax([p for p in net.parameters() if p.requires_grad], lr=config.lr)
         codec = PQCodec(random_centroids(channels, seed=index), device=device)
@@ -437,14 +441,17 @@ def section_vqa(args, partial: Partial, deadline: float) -> dict:
             row = stored + k
             learner.step(codes[int(image_of[row])], int(answers[row]), row, loss_fn)
 
-        warm = 2 if args.smoke else 5
-        for k in range(warm):
-            step(k)
-        sync(device)
-        times, k = [], warm
         share = (deadline - time.time() - 3) / (len(setups) - index)
         section_end = time.time() + share
-        while k < questions - stored and (len(times) < 3 or time.time() < section_end) and len(times) < 200:
+        warm = 2 if args.smoke else 5
+        for k in range(warm):  # fewer when a step is slow (a CPU running the full-size models)
+            step(k)
+            if time.time() > section_end - 0.6 * share:
+                break
+        sync(device)
+        times, k = [], k + 1
+        while k < questions - stored and (not times or time.time() < section_end) \
+                and len(times) < (10 if args.smoke else 200):
             start = time.perf_counter()
             step(k)
             sync(device)
@@ -453,7 +460,8 @@ def section_vqa(args, partial: Partial, deadline: float) -> dict:
         median = float(np.median(times))
         partial.update(**{name: {
             "config": config_name, "model": config.model, "map": [channels, height, width],
-            "replays_per_step": config.replays_per_step, "vocabulary_assumed": ntoken, "steps_timed": len(times),
+            "replays_per_step": config.replays_per_step, "vocabulary_assumed": ntoken, "warm_up_steps": k - len(times),
+            "steps_timed": len(times),
             "ms_per_step_median": median * 1e3, "ms_per_step_mean": float(np.mean(times)) * 1e3,
             "parameters": sum(p.numel() for p in net.parameters()),
             "projected_stream_hours": VQA_QUESTIONS[name] * median / 3600,
@@ -473,7 +481,7 @@ CHILD_SECTIONS = {"profile": section_profile, "image_stream": section_image_stre
 def run_child(args, name: str, cap: float, workdir: Path) -> dict:
     result_file = workdir / f"{name}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--result", str(result_file),
-           "--device", args.device, "--budget", str(cap)] + (["--smoke"] if args.smoke else [])
+           "--device", args.device, "--budget", str(cap), "--scale", str(args.scale)] + (["--smoke"] if args.smoke else [])
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
@@ -502,6 +510,8 @@ def child_main(args) -> int:
     import torch
     partial = Partial(Path(args.result))
     deadline = time.time() + args.budget - 5
+    if args.smoke and (os.cpu_count() or 1) <= 4:
+        torch.set_num_threads(1)  # tiny ops on a small shared CPU: more threads only spin against each other
     if not args.smoke and torch.device(args.device).type == "cuda":
         torch.backends.cudnn.benchmark = False  # as the experiments (only the base-init trainer turns it on)
     try:
@@ -594,6 +604,9 @@ def main(argv=None) -> int:
     parser.add_argument("--child", choices=sorted(CHILD_SECTIONS), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--budget", type=float, default=60.0, help=argparse.SUPPRESS)
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="full mode only: scale the image, buffer and question counts (to try the full-size "
+                             "code on a CPU: --device cpu --scale 0.02)")
     args = parser.parse_args(argv)
     args.device = args.device or ("cpu" if args.smoke else "cuda")
     if args.child:
@@ -603,6 +616,8 @@ def main(argv=None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     mode = "smoke" if args.smoke else "full"
     log(f"mode {mode}, device {args.device}, output {out_dir}")
+    if args.scale != 1.0 and not args.smoke:
+        mode += f" (scale {args.scale})"
     report = {"mode": mode, "device": args.device, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
               "environment": {}, "sections": {}}
     try:
