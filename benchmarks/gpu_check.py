@@ -28,6 +28,7 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -132,7 +133,7 @@ def paper_model(device: str, max_buffer: int, smoke: bool):
 
 # ================================================================================ sections
 def section_tests(args, out_dir: Path, cap: float) -> dict:
-    junit = Path(tempfile.mkdtemp(prefix="gpu_check_junit_")) / "junit.xml"
+    junit = Path(tempfile.mkdtemp(prefix="gpu_check_junit_", dir=args.workdir)) / "junit.xml"
     env = {**os.environ, "REMIND_TEST_DEVICE": args.device, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     logfile = out_dir / "pytest_gpu.log"
@@ -170,7 +171,7 @@ def section_tests(args, out_dir: Path, cap: float) -> dict:
 
 
 def section_bench(args, out_dir: Path, cap: float) -> dict:
-    workdir = Path(tempfile.mkdtemp(prefix="gpu_check_bench_"))
+    workdir = Path(tempfile.mkdtemp(prefix="gpu_check_bench_", dir=args.workdir))
     out_json = workdir / "bench.json"
     if args.smoke:
         flags = ["--steps", "4", "--batch-size", "2", "--stream-buffer", "300", "--sections", "encode", "eval",
@@ -307,15 +308,23 @@ def write_jpeg_tree(root: Path, classes: int, train_per_class: int, val_per_clas
 
 
 def section_image_stream(args, partial: Partial, deadline: float) -> dict:
-    import torch
-
-    from image_classification_experiments.utils_imagenet import get_data_loader
     device = args.device
     workers = 2 if args.smoke else max(2, min(12, (os.cpu_count() or 4) - 2))
     classes, train_per, val_per = (100, 1, 1) if args.smoke else (max(10, int(1000 * args.scale)), 3, 1)
     capacity = 400 if args.smoke else max(1000, int(IMAGENET_BUFFER * args.scale))
     batch = 16 if args.smoke else 128
     root = Path(tempfile.mkdtemp(prefix="gpu_check_jpeg_"))
+    try:
+        return _image_stream(args, partial, deadline, root, device, workers, classes, train_per, val_per, capacity,
+                             batch)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _image_stream(args, partial, deadline, root, device, workers, classes, train_per, val_per, capacity, batch):
+    import torch
+
+    from image_classification_experiments.utils_imagenet import get_data_loader
     partial.update(jpeg_tree=write_jpeg_tree(root, classes, train_per, val_per, os.cpu_count() or 2),
                    loader_workers=workers, batch_size=batch, image_size=224, num_classes=classes,
                    buffer_capacity=capacity, codebooks="random (timing does not depend on them)")
@@ -625,7 +634,7 @@ def main(argv=None) -> int:
         log("environment: " + json.dumps(report["environment"]))
     except Exception as exc:
         report["environment"] = {"error": f"{type(exc).__name__}: {exc}"}
-    workdir = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    workdir = args.workdir = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     for name in args.sections:
         cap = CAPS[name][1 if args.smoke else 0]
         log(f"section {name} (cap {cap} s)")
@@ -649,6 +658,7 @@ def main(argv=None) -> int:
             + (f" ({entry['error']})" if entry.get("error") else ""))
         report["total_s"] = time.time() - T0
         (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))  # after every section
+    shutil.rmtree(workdir, ignore_errors=True)
     report["failed_sections"] = [n for n, s in report["sections"].items() if s["status"] != "ok"]
     report["total_s"] = time.time() - T0
     (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
