@@ -2,7 +2,7 @@
 # The GPU check in one command: tests/test_gpu.py on the device, bench_stream.py --full, a profile of the
 # replay step, a synthetic ImageNet-size image stream and the VQA replay steps; writes gpu_check.json,
 # gpu_check.md, pytest_gpu.log and gpu_check.log to $OUT (else results/gpu_check/). Under 8 minutes on one
-# H100 (section caps sum to 7 min). Exit code 1 if any section failed (each is recorded with its error).
+# H100 (section caps sum to 430 s). Exit code 1 if any section failed (each is recorded with its error).
 #
 # On the device tool (never run on a GPU yet):
 #   1. on the CPU machine, once, fetch the faiss wheel (and `packaging`, which faiss imports) into .whl/:
