@@ -34,7 +34,11 @@ phase's seconds include its kernels. ``examples_per_second`` is ``examples_strea
 over the seconds spent learning them (data + trunk + replay + offline); ``elapsed_seconds`` is
 the run's wall time, over all its sessions when it was resumed.
 ``peak_memory_bytes`` is ``torch.cuda.max_memory_allocated`` on a GPU and the
-process's peak resident memory on a CPU (``peak_memory_kind`` says which).
+process's peak resident memory on a CPU (``peak_memory_kind`` says which);
+both are the process's peaks since it started (the meter resets neither, as
+that would change what the rest of the program sees), so a process that runs
+several runs one after another, as the digits demo does, reports the largest
+so far.
 
 A meter's :meth:`~ComputeMeter.state_dict` goes into every checkpoint's
 metadata, so a resumed run goes on counting where the checkpoint stopped: its
