@@ -211,13 +211,15 @@ def streaming(args, model: REMINDModel, train: Core50Split, test: Core50Split, s
     stream, spec = stream_plan(args, train)
     base = np.unique(train.labels[stream[:spec.points[0]]])
 
+    pin = str(args.device).startswith("cuda")
+
     def train_loader(start: int, end: int):
-        return core50_loader(train, stream[start:end], args.batch_size, args.image_size, args.num_workers)
+        return core50_loader(train, stream[start:end], args.batch_size, args.image_size, args.num_workers, pin)
 
     def test_loader(end: int):
         seen = np.unique(train.labels[stream[:end]])
         return core50_loader(test, np.nonzero(np.isin(test.labels, seen))[0], args.batch_size, args.image_size,
-                             args.num_workers)
+                             args.num_workers, pin)
 
     identity = {"order": args.order, "permutation_seed": args.permutation_seed, "stream_length": len(stream),
                 **config_identity(model.config), "frame_stride": args.frame_stride, "image_size": args.image_size,

@@ -288,7 +288,8 @@ def save_dir_of(args) -> Path:
 def loader_factory(args, split: str):
     def make(min_class: int, max_class: int):
         return get_data_loader(args.images_dir, args.label_dir, split, min_class, max_class,
-                               batch_size=args.batch_size, image_size=args.image_size, num_workers=args.num_workers)
+                               batch_size=args.batch_size, image_size=args.image_size, num_workers=args.num_workers,
+                               pin_memory=str(args.device).startswith("cuda"))
     return make
 
 

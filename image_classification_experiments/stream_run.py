@@ -239,7 +239,8 @@ class EvalCodes:
         missing = np.nonzero(~np.isin(wanted, self.ids))[0]
         if len(missing):
             subset = DataLoader(Subset(loader.dataset, missing.tolist()), batch_size=loader.batch_size,
-                                shuffle=False, num_workers=loader.num_workers, collate_fn=loader.collate_fn)
+                                shuffle=False, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                                pin_memory=loader.pin_memory)
             new_ids, new_codes = model.encode_images(subset)
             self.ids = np.concatenate([self.ids, new_ids])
             self.codes = new_codes if self.codes is None else torch.cat([self.codes, new_codes])

@@ -184,7 +184,9 @@ class Core50Frames(Dataset):
 
 
 def core50_loader(split: Core50Split, indices: np.ndarray, batch_size: int, image_size: int,
-                  num_workers: int) -> DataLoader:
-    """Unshuffled loader: batches ``(images (B, 3, S, S) float32, labels (B,) int64, ids (B,) int64)``."""
+                  num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """Unshuffled loader: batches ``(images (B, 3, S, S) float32, labels (B,) int64, ids (B,) int64)``
+    (in pinned memory, for a CUDA run, with ``pin_memory``)."""
     return DataLoader(Core50Frames(split, indices, core50_transform(image_size)), batch_size=batch_size,
-                      shuffle=False, num_workers=num_workers, generator=torch.Generator().manual_seed(0))
+                      shuffle=False, num_workers=num_workers, generator=torch.Generator().manual_seed(0),
+                      pin_memory=pin_memory)

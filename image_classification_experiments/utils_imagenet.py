@@ -244,11 +244,12 @@ def class_indices(labels: np.ndarray, min_class: int, max_class: int) -> np.ndar
 def get_data_loader(images_dir: str, label_dir: str, split: str, min_class: int, max_class: int,
                     batch_size: int = 128, image_size: int = 224, num_workers: int = 4,
                     shuffle: bool = False, transform=None, seed: int = 0,
-                    dataset_name: str = "imagenet") -> DataLoader:
+                    dataset_name: str = "imagenet", pin_memory: bool = False) -> DataLoader:
     """Loader over the examples of classes ``[min_class, max_class)`` of a split.
 
     Unshuffled loaders keep file order (as the original streams). Batches are
-    ``(images (B, 3, S, S) float32, labels (B,) int64, ids (B,) int64)``.
+    ``(images (B, 3, S, S) float32, labels (B,) int64, ids (B,) int64)``; ``pin_memory`` (for a CUDA
+    run) lets the copy to the GPU overlap with work already queued there.
     """
     labels = load_labels(images_dir, label_dir, split, dataset_name)
     check_class_range(labels, min_class, max_class, f"{split} split")
@@ -257,7 +258,7 @@ def get_data_loader(images_dir: str, label_dir: str, split: str, min_class: int,
                                   transform if transform is not None else eval_transform(image_size))
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      generator=generator, persistent_workers=False)
+                      generator=generator, persistent_workers=False, pin_memory=pin_memory)
 
 
 def examples_per_class(labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -230,4 +230,7 @@ class StreamingLearner:
         if restore_global_rng:
             torch.set_rng_state(state["torch_rng"])
             if "cuda_rng" in state and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
+                # one state per GPU of the saving machine: restore those this machine has (a run saved with
+                # more GPUs, or on a CPU-only machine, resumes too)
+                for index, rng_state in enumerate(state["cuda_rng"][:torch.cuda.device_count()]):
+                    torch.cuda.set_rng_state(rng_state, index)

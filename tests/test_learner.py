@@ -147,3 +147,19 @@ def test_presets_fill_the_flags_and_explicit_flags_win():
     args = ie.parse_args(ie.get_args_parser(), base + ["--preset", "digits_demo", "--rehearsal_samples", "7"])
     assert (args.num_classes, args.rehearsal_samples, args.lr_examples_per_class, args.use_mixup) == (10, 7, "auto",
                                                                                                      True)
+
+
+def test_restoring_global_rng_of_a_machine_with_more_gpus(monkeypatch):
+    """A state saved on a machine with 3 GPUs resumes on one with 1: only the GPU this machine has is set."""
+    learner, _, _ = make_learner()
+    state = learner.state_dict()
+    state["cuda_rng"] = [torch.full((16,), k, dtype=torch.uint8) for k in range(3)]
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda rng_state, device: calls.append((device, rng_state)))
+    before = torch.get_rng_state()
+    learner.load_state_dict(state)  # an embedded learner: nothing global is touched
+    assert calls == [] and torch.equal(torch.get_rng_state(), before)
+    learner.load_state_dict(state, restore_global_rng=True)
+    assert [device for device, _ in calls] == [0] and torch.equal(calls[0][1], state["cuda_rng"][0])
