@@ -132,23 +132,36 @@ def paper_model(device: str, max_buffer: int, smoke: bool):
 
 
 # ================================================================================ sections
+def child_env(**extra: str) -> dict:
+    """The environment of a child process: this checkout first on PYTHONPATH (it is not pip-installed there)."""
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **extra}
+
+
+def run_capped(cmd: list[str], cap: float, env: dict, stdout=None) -> int | None:
+    """Run ``cmd`` in its own process group from the checkout; kill the whole group after ``cap`` seconds
+    (returns None then), else return its exit code."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.STDOUT if stdout else None,
+                            start_new_session=True)
+    try:
+        return proc.wait(timeout=cap)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return None
+
+
 def section_tests(args, out_dir: Path, cap: float) -> dict:
     junit = Path(tempfile.mkdtemp(prefix="gpu_check_junit_", dir=args.workdir)) / "junit.xml"
-    env = {**os.environ, "REMIND_TEST_DEVICE": args.device, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env = child_env(REMIND_TEST_DEVICE=args.device)
     logfile = out_dir / "pytest_gpu.log"
     cmd = [sys.executable, "-m", "pytest", "tests/test_gpu.py", "-rA", "-p", "no:cacheprovider",
            f"--junitxml={junit}"]
     start = time.perf_counter()
     with open(logfile, "w") as handle:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            rc = proc.wait(timeout=cap)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise TimeoutError(f"pytest ran past its {cap:.0f} s cap (log: {logfile.name})")
+        rc = run_capped(cmd, cap, env, stdout=handle)
+    if rc is None:
+        raise TimeoutError(f"pytest ran past its {cap:.0f} s cap (log: {logfile.name})")
     result = {"returncode": rc, "seconds": time.perf_counter() - start, "log": logfile.name,
               "device": args.device}
     if junit.is_file():
@@ -183,14 +196,8 @@ def section_bench(args, out_dir: Path, cap: float) -> dict:
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_stream.py"), "--device", args.device, "--json",
            str(out_json), "--workdir", str(workdir), *flags]
     log("bench: " + " ".join(cmd[1:]))
-    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                                [str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)})
-    try:
-        rc = proc.wait(timeout=cap)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    rc = run_capped(cmd, cap, child_env())
+    if rc is None:
         raise TimeoutError(f"bench_stream.py ran past its {cap:.0f} s cap")
     if rc != 0 or not out_json.is_file():
         raise RuntimeError(f"bench_stream.py exit code {rc}")
@@ -362,6 +369,8 @@ def _image_stream(args, partial, deadline, root, device, workers, classes, train
     partial.update(streamed_examples=streamed, stopped_at_time_cap=stopped, first_batch_s=first_batch_s,
                    examples_per_s_steady=steady, examples_per_s_overall=streamed / (marks[-1][0] - start)
                    if marks else None, projected_stream_hours_imagenet=hours_stream)
+    # the run's own compute record (remind/compute.py): where the stream's seconds went, device synchronised
+    partial.update(compute_record=model.compute.snapshot())
     log(f"image_stream: {streamed} examples streamed, {steady or 0:.1f} examples/s after the first batch")
 
     # evaluation: from the images (G, encode, decode, F) and from stored codes (decode, F)
@@ -491,18 +500,9 @@ def run_child(args, name: str, cap: float, workdir: Path) -> dict:
     result_file = workdir / f"{name}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--result", str(result_file),
            "--device", args.device, "--budget", str(cap), "--scale", str(args.scale)] + (["--smoke"] if args.smoke else [])
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
-    try:
-        rc = proc.wait(timeout=cap + 15)  # the child watches its own budget; this is the hard stop
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        rc, timed_out = None, True
+    rc = run_capped(cmd, cap + 15, child_env())  # the child watches its own budget; this is the hard stop
     data = json.loads(result_file.read_text()) if result_file.is_file() else {}
-    if timed_out:
+    if rc is None:
         raise PartialError(f"killed after {cap + 15:.0f} s (cap {cap:.0f} s)", data)
     if rc != 0:
         raise PartialError(data.pop("_error", f"exit code {rc}"), data)
@@ -594,6 +594,15 @@ def markdown(report: dict) -> str:
                       f"{fmt(image.get('eval_images_per_s_from_codes'), 0)} from codes -> "
                       f"{fmt(image.get('projected_eval_hours_stored_codes'))} h for 10 x 50,000; total "
                       f"{fmt(image.get('projected_total_hours_imagenet'))} h."]
+        record = image.get("compute_record")
+        if record:
+            seconds = record["seconds"]
+            per = 1000.0 / max(record["examples_streamed"], 1)
+            lines += ["", f"Its compute record: {record['examples_streamed']:,} examples, "
+                          f"{record['optimizer_updates']:,} updates, {record['sample_passes']:,} rows through F; "
+                          f"ms per example: data {seconds['data'] * per:.2f}, G + encode {seconds['trunk'] * per:.2f}, "
+                          f"replay {seconds['replay'] * per:.2f}; peak memory "
+                          f"{record['peak_memory_bytes'] / 2**30:.2f} GiB ({record['peak_memory_kind']})."]
     vqa = sections.get("vqa", {}).get("result", {})
     if vqa:
         lines += ["", "| VQA replay step | model | map | ms per step | projected hours |", "|---|---|---|---|---|"]

@@ -108,13 +108,18 @@ def _learner(device: str, G, F, centroids, codes, labels):
     return learner
 
 
-def test_replay_step_matches_cpu():
+def _split_and_stored(seed: int):
+    """The paper's split of a random ResNet-18 at 64 px, random codebooks, and 30 stored examples' codes."""
     torch.manual_seed(0)
     G, F = split_torchvision("resnet18", "layer4.0", num_classes=10, image_size=64)
-    gen = np.random.default_rng(0)
+    gen = np.random.default_rng(seed)
     centroids = gen.standard_normal((8, 16, 64)).astype(np.float32)
     codes = torch.from_numpy(gen.integers(0, 16, (30, 2, 2, 8), dtype=np.uint8))
-    labels = gen.integers(0, 10, 30)
+    return G, F, centroids, codes, gen.integers(0, 10, 30)
+
+
+def test_replay_step_matches_cpu():
+    G, F, centroids, codes, labels = _split_and_stored(0)
     dev, cpu = (_learner(d, G, F, centroids, codes, labels) for d in (DEVICE, "cpu"))
     for k in range(3):  # three steps: momentum enters from the second
         new = codes[k]
@@ -296,12 +301,7 @@ def test_digits_stream_matches_cpu(digits, ckpt, stream_cpu, tmp_path):
 
 # -------------------------------------------- 6. checkpoints cross devices (library and run)
 def test_checkpoint_written_on_one_device_resumes_on_the_other(tmp_path):
-    torch.manual_seed(0)
-    G, F = split_torchvision("resnet18", "layer4.0", num_classes=10, image_size=64)
-    gen = np.random.default_rng(6)
-    centroids = gen.standard_normal((8, 16, 64)).astype(np.float32)
-    codes = torch.from_numpy(gen.integers(0, 16, (30, 2, 2, 8), dtype=np.uint8))
-    labels = gen.integers(0, 10, 30)
+    G, F, centroids, codes, labels = _split_and_stored(6)
     for src, dst in ((DEVICE, "cpu"), ("cpu", DEVICE)):
         a = _learner(src, G, F, centroids, codes, labels)
         for k in range(2):
