@@ -200,24 +200,26 @@ def read_image(path, hint: str = RELABEL + CHECK_IMAGES) -> Image.Image:
             from None
 
 
-def unreadable(paths) -> list[str]:
-    """The paths among ``paths`` that PIL cannot open and decode."""
+def unreadable(paths) -> list[tuple[str, str]]:
+    """``(path, why)`` of each path among ``paths`` that PIL cannot open and decode."""
     bad = []
-    for path in paths:
+    for path in map(str, paths):  # plain strings (CORe50's are numpy's), also in PIL's message
         try:
             with Image.open(path) as image:
                 image.load()
-        except PIL_ERRORS:
-            bad.append(str(path))
+        except PIL_ERRORS as exc:
+            bad.append((path, f"{type(exc).__name__}: {exc}"))
     return bad
 
 
 def refuse_unreadable(paths, what: str, hint: str = RELABEL, report: bool = True) -> None:
     """``--check_images``: open and decode every one of ``paths`` (the images of ``what``) before the run
-    starts; a DataError with the count and one path if any cannot be read (``report``: say so when all can)."""
+    starts; a DataError with the count, one path and why PIL failed on it, if any cannot be read (``report``:
+    say so when all can)."""
     bad = unreadable(paths)
     if bad:
-        raise DataError(f"{len(bad)} images cannot be read, e.g. {bad[0]}; replace or remove them{hint}")
+        path, why = bad[0]
+        raise DataError(f"{len(bad)} images cannot be read, e.g. {path} ({why[:200]}); replace or remove them{hint}")
     if report:
         print(f"--check_images: every image of {what} can be read", flush=True)
 
@@ -229,11 +231,6 @@ def image_paths(images_dir: str, label_dir: str, split: str, min_class: int, max
     labels = load_labels(images_dir, label_dir, split, dataset_name)
     return [samples[index][0] for index in class_indices(labels, min_class, max_class)]
 
-
-def unreadable_images(images_dir: str, label_dir: str, split: str, min_class: int, max_class: int,
-                      dataset_name: str = "imagenet") -> list[str]:
-    """Paths of the split's images of classes ``[min_class, max_class)`` that PIL cannot open and decode."""
-    return unreadable(image_paths(images_dir, label_dir, split, min_class, max_class, dataset_name))
 
 
 def class_indices(labels: np.ndarray, min_class: int, max_class: int) -> np.ndarray:

@@ -236,6 +236,7 @@ def test_check_images_refuses_unreadable_frames_before_the_run(tree, tmp_path, c
     assert ce.main(argv + ["--check_images"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: 1 images cannot be read") and str(broken) in err[0], err
+    assert f"(UnidentifiedImageError: cannot identify image file '{broken}')" in err[0]  # why PIL failed
     assert not save_dir.exists()
     # without the flag the run meets it: one line naming the frame, no traceback
     assert ce.main(argv) == 2
