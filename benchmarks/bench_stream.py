@@ -91,8 +91,8 @@ class PhaseTimer:
         self._last = now
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
+def sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
 
 
@@ -168,9 +168,11 @@ class OneBatch:
 
 
 # ------------------------------------------------------------------ set-up helpers
-def random_centroids(seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(NUM_CODEBOOKS, CODEBOOK_SIZE, CHANNELS // NUM_CODEBOOKS)) \
-        .astype(np.float32)
+def random_centroids(seed: int, channels: int = CHANNELS) -> np.ndarray:
+    """Random codebooks of the paper's geometry (32 x 256) for ``channels``-channel maps: timing does not
+    depend on their values."""
+    gen = np.random.default_rng(seed)
+    return gen.standard_normal((NUM_CODEBOOKS, CODEBOOK_SIZE, channels // NUM_CODEBOOKS), dtype=np.float32)
 
 
 def fill_buffer(buffer: ReplayBuffer, count: int, seed: int, chunk: int = 250_000) -> None:
@@ -576,7 +578,7 @@ def bench_vqa_batch(device: torch.device, workdir: Path, seed: int, stored: int 
           "reference reads a warm page cache, not a cold disk)")
     print(f"{'dataset':<28} {'ours':>8} {'reference':>10} {'ratio':>7}")
     for name, ((channels, height, width), _) in VQA_FEATURES.items():
-        codec = PQCodec(random_centroids_for(channels, seed), device=device)
+        codec = PQCodec(random_centroids(seed, channels), device=device)
         codes = torch.from_numpy(rng.integers(0, CODEBOOK_SIZE, (stored, height, width, NUM_CODEBOOKS),
                                               dtype=np.uint8))
         path = workdir / "vqa_floats.npy"
@@ -639,7 +641,7 @@ def bench_vqa_buffer(device: torch.device, workdir: Path, seed: int, evictions: 
         labels = rng.integers(0, answers, questions)
         buffer = ReplayBuffer((height, width, NUM_CODEBOOKS), answers, max_size=questions, device=device,
                               shared_codes=SharedCodes(image_codes, image_of))
-        learner = StreamingLearner(torch.nn.Identity(), None, PQCodec(random_centroids_for(512, seed), device=device),
+        learner = StreamingLearner(torch.nn.Identity(), None, PQCodec(random_centroids(seed, 512), device=device),
                                    buffer, np.random.default_rng(seed), replays_per_step=50, insert_first=True)
         start = time.perf_counter()
         learner.store(None, labels, np.arange(questions))
@@ -667,10 +669,6 @@ def bench_vqa_buffer(device: torch.device, workdir: Path, seed: int, evictions: 
                                                    for k, v in out.items() if isinstance(v, dict))
     return out
 
-
-def random_centroids_for(channels: int, seed: int) -> np.ndarray:
-    gen = np.random.default_rng(seed)
-    return gen.standard_normal((NUM_CODEBOOKS, CODEBOOK_SIZE, channels // NUM_CODEBOOKS), dtype=np.float32)
 
 
 # sections that use faiss: PQ training (vqa), faiss's encoder (encode), the reference loop's host PQ (stream)

@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_stream import fill_buffer, random_centroids, sync  # noqa: E402  (random codes, CUDA sync)
+
 # (section, time cap in seconds: full, smoke); the full run's caps sum to 430 s (a child is killed 15 s past its cap)
 CAPS = {"tests": (120, 150), "bench": (90, 90), "profile": (40, 60), "image_stream": (120, 90), "vqa": (60, 60)}
 SECTIONS = tuple(CAPS)
@@ -54,12 +56,6 @@ T0 = time.time()
 
 def log(message: str) -> None:
     print(f"[gpu_check {time.strftime('%H:%M:%S')} +{time.time() - T0:6.1f}s] {message}", flush=True)
-
-
-def sync(device) -> None:
-    import torch
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
 class Partial:
@@ -99,23 +95,6 @@ def environment() -> dict:
 
 
 # ================================================================================ helpers
-def random_centroids(channels: int, seed: int = 0, codebooks: int = 32, size: int = 256):
-    import numpy as np
-    return np.random.default_rng(seed).standard_normal((codebooks, size, channels // codebooks), dtype=np.float32)
-
-
-def fill_random(buffer, count: int, seed: int = 0, chunk: int = 200_000) -> float:
-    """``count`` random codes (made on the buffer's device) with labels uniform over the classes."""
-    import numpy as np
-    import torch
-    start = time.perf_counter()
-    gen = np.random.default_rng(seed)
-    for first in range(0, count, chunk):
-        n = min(chunk, count - first)
-        codes = torch.randint(0, 256, (n, *buffer.code_shape), dtype=torch.uint8, device=buffer.device)
-        buffer.add_batch(codes, gen.integers(0, buffer.num_classes, n), np.arange(first, first + n))
-    sync(buffer.device)
-    return time.perf_counter() - start
 
 
 def paper_model(device: str, max_buffer: int, smoke: bool):
@@ -127,7 +106,7 @@ def paper_model(device: str, max_buffer: int, smoke: bool):
     model = REMINDModel(num_classes, classifier_ckpt=None, device=device, replays_per_step=8 if smoke else 50,
                         use_mixup=True, mixup_alpha=0.1, use_random_resize_crops=True, max_buffer_size=max_buffer,
                         lr_examples_per_class=1300, seed=0)
-    model.start_from(PQCodec(random_centroids(512), device=device), (7, 7, 32))
+    model.start_from(PQCodec(random_centroids(0, 512), device=device), (7, 7, 32))
     return model
 
 
@@ -238,7 +217,7 @@ def section_profile(args, partial: Partial, deadline: float) -> dict:
     cuda = torch.device(device).type == "cuda"
     buffer_entries = 2_000 if args.smoke else max(1000, int(100_000 * args.scale))
     model = paper_model(device, buffer_entries, args.smoke)
-    fill_random(model.replay_buffer, buffer_entries)
+    fill_buffer(model.replay_buffer, buffer_entries, seed=0)
     warm, steps = (2, 3) if args.smoke else (20, 10)
     steady_steps(model, warm, seed=1)
     sync(device)
@@ -337,7 +316,10 @@ def _image_stream(args, partial, deadline, root, device, workers, classes, train
                    buffer_capacity=capacity, codebooks="random (timing does not depend on them)")
     log(f"image_stream: {partial.data['jpeg_tree']['images']} JPEGs written")
     model = paper_model(device, capacity, args.smoke)
-    fill_s = fill_random(model.replay_buffer, capacity)
+    started = time.perf_counter()
+    fill_buffer(model.replay_buffer, capacity, seed=0)
+    sync(device)
+    fill_s = time.perf_counter() - started
     partial.update(buffer_prefilled=model.replay_buffer.size, buffer_fill_s=fill_s,
                    buffer_note="pre-filled to capacity with random codes: every streamed example evicts one")
     log(f"image_stream: buffer pre-filled with {model.replay_buffer.size:,} entries in {fill_s:.1f} s")
@@ -431,7 +413,7 @@ def section_vqa(args, partial: Partial, deadline: float) -> dict:
         images, questions = (50, 400) if args.smoke else (max(20, int(2000 * args.scale)), max(200, int(20000 * args.scale)))
         net = build_model(config, ntoken, channels).to(device)
         optimizer = torch.optim.Adamax([p for p in net.parameters() if p.requires_grad], lr=config.lr)
-        codec = PQCodec(random_centroids(channels, seed=index), device=device)
+        codec = PQCodec(random_centroids(index, channels), device=device)
         codes = torch.randint(0, 256, (images, height, width, 32), dtype=torch.uint8, device=device)
         image_of = torch.from_numpy(gen.integers(0, images, questions)).to(device)
         qlen = torch.from_numpy(gen.integers(4, longest + 1, questions))  # on the CPU, as the trainer (packing)
