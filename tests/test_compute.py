@@ -146,3 +146,16 @@ def test_every_phase_is_documented():
     from remind import compute
     for name in PHASES:
         assert f"\n{name} " in compute.__doc__, name
+
+
+def test_peak_memory_is_the_process_own_not_its_parents(tmp_path):
+    """A run started as a subprocess by a program holding much memory reports its own peak (ru_maxrss
+    would report the parent's: it survives fork and exec)."""
+    import subprocess
+    import sys
+    held = np.ones(600 * 2**20 // 8)  # 600 MiB touched in this process
+    child = subprocess.run([sys.executable, "-c", "from remind.compute import ComputeMeter; "
+                            "print(ComputeMeter().peak_memory()[0])"], capture_output=True, text=True, check=True)
+    own = ComputeMeter().peak_memory()[0]
+    assert own > 600 * 2**20 and held.sum() > 0
+    assert 0 < int(child.stdout) < own - 300 * 2**20, (int(child.stdout), own)
